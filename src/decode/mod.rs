@@ -1,0 +1,1 @@
+//! pgoutput (logical replication protocol version 1) decoding: bytes → messages. Pure.
