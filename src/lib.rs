@@ -1,6 +1,31 @@
-//! leadsync: change data capture from a contact-centric CRM schema to a lead-centric one.
+//! leadsync keeps a CRM's lead-centric schema (`customers`, `leads`, `appointments` and their
+//! custom-field tables) in step with its legacy contact-centric schema (`contacts`,
+//! `contact_custom_fields`, `custom_fields`) by change data capture from a logical
+//! replication slot.
+//!
+//! # Layout
+//!
+//! The data flows source → decode → project → apply:
+//!
+//! - [`config`]: settings from a TOML file and `LEADSYNC_*` variables, validated offline.
+//! - [`decode`]: pure; pgoutput bytes → logical replication messages.
+//! - [`project`]: pure; a legacy contact and its field values → the rows it becomes.
+//! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
+//! - [`cmd`]: one module per subcommand.
+//! - [`cluster`]: a throwaway PostgreSQL for the demo, the tests and the benchmarks.
+//! - [`fixtures`]: the legacy schema and a deterministic demo-data generator.
 
+pub mod cluster;
+pub mod cmd;
+pub mod config;
+pub mod db;
 pub mod decode;
+pub mod error;
+pub mod fixtures;
 pub mod lsn;
+pub mod project;
+pub mod schema;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use lsn::Lsn;

@@ -1,0 +1,655 @@
+//! `leadsync setup`: checks every precondition, then installs the target schema, the
+//! `leadsync` state schema, the publication and the replication origin in one transaction.
+//! Running it again changes nothing.
+//!
+//! The replication slot is not made here: the first `leadsync run` creates it together with
+//! the snapshot its backfill reads, so that no change can fall between the two.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::Settings;
+use crate::db::{self, ConnectError, quote_ident};
+use crate::schema::{self, PUBLISHED_LEGACY_TABLES, STATE_SCHEMA};
+
+/// Oldest server version leadsync supports (logical replication protocol and origins as
+/// used here are those of PostgreSQL 15).
+const MIN_SERVER_VERSION: i32 = 150_000;
+
+/// Legacy columns the projection reads, per table. A missing one stops setup.
+pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "contacts",
+        &[
+            "id",
+            "workspace_id",
+            "firstname",
+            "lastname",
+            "email",
+            "phone_number",
+            "st_address",
+            "city",
+            "state",
+            "zip",
+            "lead_status",
+            "lead_source",
+            "tags",
+            "appointment_status_id",
+            "appointment_result_id",
+            "appointment_date",
+            "priority",
+            "created_at",
+            "updated_at",
+            "created_by",
+        ],
+    ),
+    (
+        "contact_custom_fields",
+        &[
+            "contact_id",
+            "field_id",
+            "value",
+            "created_at",
+            "updated_at",
+            "created_by",
+        ],
+    ),
+    ("custom_fields", &["id", "workspace_id"]),
+    ("workspaces", &["id"]),
+    ("workspace_users", &["workspace_id", "user_id"]),
+];
+
+/// A precondition that does not hold, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    OldServer {
+        version: String,
+    },
+    WalLevel {
+        current: String,
+    },
+    MissingTable {
+        table: String,
+    },
+    MissingColumn {
+        table: String,
+        column: String,
+    },
+    MissingAuth {
+        object: String,
+    },
+    Privileges {
+        role: String,
+        missing: Vec<String>,
+    },
+    NoFreeSlot {
+        used: i64,
+        max: i64,
+    },
+    NoFreeWalSender {
+        used: i64,
+        max: i64,
+    },
+    SlotElsewhere {
+        slot: String,
+        database: String,
+        plugin: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::OldServer { version } => write!(
+                f,
+                "the server runs PostgreSQL {version}; leadsync needs PostgreSQL 15 or later"
+            ),
+            Problem::WalLevel { current } => write!(
+                f,
+                "wal_level is `{current}`, but logical decoding needs `logical`: as a superuser \
+                 run `ALTER SYSTEM SET wal_level = logical` (or set it in postgresql.conf) and \
+                 restart PostgreSQL"
+            ),
+            Problem::MissingTable { table } => write!(
+                f,
+                "legacy table `{table}` does not exist: point source.url at the legacy \
+                 database, or set source.schema to the schema that holds it"
+            ),
+            Problem::MissingColumn { table, column } => write!(
+                f,
+                "legacy table `{table}` has no column `{column}`, which the projection reads"
+            ),
+            Problem::MissingAuth { object } => write!(
+                f,
+                "`{object}` does not exist: the row-level-security policies of the new tables \
+                 use it to find the signed-in user"
+            ),
+            Problem::Privileges { role, missing } => write!(
+                f,
+                "role `{role}` lacks what setup needs: {}. Run setup as the installer role \
+                 (one that owns the legacy tables; see the README's roles section)",
+                missing.join("; ")
+            ),
+            Problem::NoFreeSlot { used, max } => write!(
+                f,
+                "all {used} of {max} replication slots are in use (max_replication_slots = \
+                 {max}): drop an unused one with `SELECT pg_drop_replication_slot('name')` or \
+                 raise max_replication_slots and restart PostgreSQL"
+            ),
+            Problem::NoFreeWalSender { used, max } => write!(
+                f,
+                "all {used} of {max} WAL senders are busy (max_wal_senders = {max}): raise \
+                 max_wal_senders and restart PostgreSQL"
+            ),
+            Problem::SlotElsewhere {
+                slot,
+                database,
+                plugin,
+            } => write!(
+                f,
+                "a replication slot `{slot}` already exists for database `{database}` with \
+                 plugin `{plugin}`: choose another slot.name, or drop that slot if it is unused"
+            ),
+        }
+    }
+}
+
+/// Why setup did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("setup cannot proceed:\n{}", list(.0))]
+    Preconditions(Vec<Problem>),
+    #[error("setup failed while {step}: {cause}; nothing was changed (it ran in one transaction)")]
+    Ddl { step: &'static str, cause: String },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What setup did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SetupReport {
+    /// Objects that did not exist before, as `kind name`.
+    pub created: Vec<String>,
+    /// Whether the publication's table list had to be changed.
+    pub publication_altered: bool,
+}
+
+impl fmt::Display for SetupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.created.is_empty() && !self.publication_altered {
+            return writeln!(f, "setup: everything was already in place; nothing changed");
+        }
+        writeln!(f, "setup: created {} objects", self.created.len())?;
+        for object in &self.created {
+            writeln!(f, "  + {object}")?;
+        }
+        if self.publication_altered {
+            writeln!(f, "  ~ publication table list updated")?;
+        }
+        Ok(())
+    }
+}
+
+fn ddl_error(step: &'static str) -> impl Fn(tokio_postgres::Error) -> SetupError {
+    move |e| SetupError::Ddl {
+        step,
+        cause: db::error_text(&e),
+    }
+}
+
+/// Runs `leadsync setup`.
+pub async fn run_setup(settings: &Settings) -> Result<SetupReport, SetupError> {
+    let client = db::connect(settings.source_url()).await?;
+    let problems = check_preconditions(&client, settings)
+        .await
+        .map_err(ddl_error("checking preconditions"))?;
+    if !problems.is_empty() {
+        return Err(SetupError::Preconditions(problems));
+    }
+    install(&client, settings).await
+}
+
+/// Every precondition that does not hold (empty when setup may proceed).
+pub async fn check_preconditions(
+    client: &Client,
+    settings: &Settings,
+) -> Result<Vec<Problem>, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_setting('wal_level'), current_user::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await?;
+    let (version_num, version): (i32, String) = (row.get(0), row.get(1));
+    let wal_level: String = row.get(2);
+    let role: String = row.get(3);
+    let superuser: bool = row.get(4);
+    if version_num < MIN_SERVER_VERSION {
+        problems.push(Problem::OldServer { version });
+    }
+    if wal_level != "logical" {
+        problems.push(Problem::WalLevel { current: wal_level });
+    }
+
+    let source = &settings.source.schema;
+    let mut tables_present = true;
+    for (table, columns) in REQUIRED_COLUMNS {
+        let present: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                &[source, table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if present.is_empty() {
+            tables_present = false;
+            problems.push(Problem::MissingTable {
+                table: format!("{source}.{table}"),
+            });
+            continue;
+        }
+        for column in *columns {
+            if !present.iter().any(|p| p == column) {
+                problems.push(Problem::MissingColumn {
+                    table: format!("{source}.{table}"),
+                    column: (*column).to_owned(),
+                });
+            }
+        }
+    }
+    // Catalog joins rather than to_regclass(): name lookups fail outright in a schema the
+    // role may not use, which is a privilege problem reported below, not a missing object.
+    for (object, check) in [
+        (
+            "auth.users",
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'auth' AND c.relname = 'users')",
+        ),
+        (
+            "auth.uid()",
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                            WHERE n.nspname = 'auth' AND p.proname = 'uid' AND p.pronargs = 0)",
+        ),
+    ] {
+        let present: bool = client.query_one(check, &[]).await?.get(0);
+        if !present {
+            problems.push(Problem::MissingAuth {
+                object: object.into(),
+            });
+        }
+    }
+
+    if !superuser && tables_present {
+        let missing = missing_privileges(client, settings).await?;
+        if !missing.is_empty() {
+            problems.push(Problem::Privileges { role, missing });
+        }
+    }
+
+    let slot = client
+        .query_opt(
+            "SELECT database::text, plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&settings.slot.name],
+        )
+        .await?;
+    match slot {
+        Some(row) => {
+            let database: Option<String> = row.get(0);
+            let plugin: Option<String> = row.get(1);
+            let current_db: String = client
+                .query_one("SELECT current_database()::text", &[])
+                .await?
+                .get(0);
+            let (database, plugin) = (database.unwrap_or_default(), plugin.unwrap_or_default());
+            if database != current_db || plugin != "pgoutput" {
+                problems.push(Problem::SlotElsewhere {
+                    slot: settings.slot.name.clone(),
+                    database,
+                    plugin,
+                });
+            }
+        }
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots),
+                            current_setting('max_replication_slots')::bigint,
+                            (SELECT count(*) FROM pg_stat_replication),
+                            current_setting('max_wal_senders')::bigint",
+                    &[],
+                )
+                .await?;
+            let (used, max): (i64, i64) = (row.get(0), row.get(1));
+            if used >= max {
+                problems.push(Problem::NoFreeSlot { used, max });
+            }
+            let (used, max): (i64, i64) = (row.get(2), row.get(3));
+            if used >= max {
+                problems.push(Problem::NoFreeWalSender { used, max });
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// What a non-superuser installer lacks, each with the reason it is needed.
+async fn missing_privileges(
+    client: &Client,
+    settings: &Settings,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let source = &settings.source.schema;
+    let target = &settings.target.schema;
+    let mut missing = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            missing.push(what);
+        }
+    };
+
+    let db_create: bool = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await?
+        .get(0);
+    for schema in [target.as_str(), STATE_SCHEMA] {
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
+                             THEN has_schema_privilege($1, 'CREATE') END",
+                &[&schema],
+            )
+            .await?;
+        let exists: bool = row.get(0);
+        if exists {
+            let create: Option<bool> = row.get(1);
+            check(
+                create.unwrap_or(false),
+                format!("CREATE on schema `{schema}` (to create its tables)"),
+            );
+        } else {
+            check(
+                db_create,
+                format!("CREATE on the database (to create schema `{schema}`)"),
+            );
+        }
+    }
+    let publication_exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&settings.publication.name],
+        )
+        .await?
+        .get(0);
+    if !publication_exists {
+        check(
+            db_create,
+            "CREATE on the database (to create the publication)".into(),
+        );
+    }
+    for table in PUBLISHED_LEGACY_TABLES {
+        let owns: bool = client
+            .query_one(
+                "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[source, &table],
+            )
+            .await?
+            .get(0);
+        let why = if table == "custom_fields" {
+            "to add context_type and to publish it"
+        } else {
+            "to publish it"
+        };
+        check(
+            owns,
+            format!("ownership of `{source}.{table}` (or membership in its owner role), {why}"),
+        );
+    }
+    for (schema, usage_why) in [
+        (source.as_str(), "to reach the legacy tables"),
+        ("auth", "to reference auth.users and call auth.uid()"),
+    ] {
+        let ok: bool = client
+            .query_one(
+                "SELECT COALESCE((SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace
+                                  WHERE nspname = $1), false)",
+                &[&schema],
+            )
+            .await?
+            .get(0);
+        check(ok, format!("USAGE on schema `{schema}` ({usage_why})"));
+    }
+    for (schema, table, privilege, why) in [
+        (
+            source.as_str(),
+            "workspaces",
+            "REFERENCES",
+            "for foreign keys",
+        ),
+        (
+            source.as_str(),
+            "custom_fields",
+            "REFERENCES",
+            "for foreign keys",
+        ),
+        ("auth", "users", "REFERENCES", "for foreign keys"),
+        (
+            source.as_str(),
+            "workspace_users",
+            "SELECT",
+            "for the RLS policies",
+        ),
+    ] {
+        let ok: bool = client
+            .query_one(
+                "SELECT COALESCE((SELECT has_table_privilege(c.oid, $3)
+                                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                  WHERE n.nspname = $1 AND c.relname = $2), false)",
+                &[&schema, &table, &privilege],
+            )
+            .await?
+            .get(0);
+        check(ok, format!("{privilege} on `{schema}.{table}` ({why})"));
+    }
+    let origin_exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+            &[&settings.origin_name()],
+        )
+        .await?
+        .get(0);
+    if !origin_exists {
+        let ok: bool = client
+            .query_one(
+                "SELECT has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')",
+                &[],
+            )
+            .await?
+            .get(0);
+        check(
+            ok,
+            "EXECUTE on pg_replication_origin_create(text) (to create the replication origin)"
+                .into(),
+        );
+    }
+    Ok(missing)
+}
+
+/// The tables the publication must carry.
+pub fn published_tables(settings: &Settings) -> BTreeSet<(String, String)> {
+    let mut tables: BTreeSet<(String, String)> = PUBLISHED_LEGACY_TABLES
+        .iter()
+        .map(|t| (settings.source.schema.clone(), (*t).to_owned()))
+        .collect();
+    if settings.sync.reverse {
+        tables.insert((settings.target.schema.clone(), "customers".into()));
+    }
+    tables
+}
+
+/// Installs everything in one transaction.
+async fn install(client: &Client, settings: &Settings) -> Result<SetupReport, SetupError> {
+    let before = catalog_objects(client, settings)
+        .await
+        .map_err(ddl_error("reading the catalog"))?;
+    // Waiting behind the application's locks for long would stall its writers queued
+    // behind us; fail fast and let the operator retry at a quieter moment.
+    client
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '10s';")
+        .await
+        .map_err(ddl_error("starting the transaction"))?;
+    let result = install_in_transaction(client, settings).await;
+    match result {
+        Ok(publication_altered) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(ddl_error("committing"))?;
+            let after = catalog_objects(client, settings)
+                .await
+                .map_err(ddl_error("reading the catalog"))?;
+            Ok(SetupReport {
+                created: after.difference(&before).cloned().collect(),
+                publication_altered,
+            })
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn install_in_transaction(client: &Client, settings: &Settings) -> Result<bool, SetupError> {
+    let target_sql = schema::target_ddl(&settings.target.schema, &settings.source.schema);
+    client
+        .batch_execute(&target_sql)
+        .await
+        .map_err(ddl_error("creating the target schema"))?;
+    client
+        .batch_execute(schema::state_ddl())
+        .await
+        .map_err(ddl_error("creating the leadsync schema"))?;
+    client
+        .execute(
+            "INSERT INTO leadsync.sync_state (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&settings.slot.name],
+        )
+        .await
+        .map_err(ddl_error("recording the slot"))?;
+
+    let wanted = published_tables(settings);
+    let table_list = wanted
+        .iter()
+        .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let publication = quote_ident(&settings.publication.name);
+    let existing = client
+        .query(
+            "SELECT p.pubname IS NOT NULL, t.schemaname::text, t.tablename::text
+             FROM pg_publication p
+             LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname
+             WHERE p.pubname = $1",
+            &[&settings.publication.name],
+        )
+        .await
+        .map_err(ddl_error("reading the publication"))?;
+    let mut altered = false;
+    if existing.is_empty() {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {publication} FOR TABLE {table_list}"
+            ))
+            .await
+            .map_err(ddl_error("creating the publication"))?;
+    } else {
+        let current: BTreeSet<(String, String)> = existing
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .collect();
+        if current != wanted {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {publication} SET TABLE {table_list}"
+                ))
+                .await
+                .map_err(ddl_error("updating the publication's tables"))?;
+            altered = true;
+        }
+    }
+
+    client
+        .execute(
+            "SELECT pg_replication_origin_create($1)
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+            &[&settings.origin_name()],
+        )
+        .await
+        .map_err(ddl_error("creating the replication origin"))?;
+    Ok(altered)
+}
+
+/// Names of the objects setup manages that exist now, as `kind name`.
+async fn catalog_objects(
+    client: &Client,
+    settings: &Settings,
+) -> Result<BTreeSet<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT 'table ' || n.nspname || '.' || c.relname
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND n.nspname IN ($1, 'leadsync')
+             UNION ALL
+             SELECT 'index ' || schemaname || '.' || indexname FROM pg_indexes
+              WHERE schemaname IN ($1, 'leadsync')
+             UNION ALL
+             SELECT 'policy ' || tablename || ': ' || policyname FROM pg_policies
+              WHERE schemaname = $1
+             UNION ALL
+             SELECT 'column ' || $2 || '.custom_fields.' || attname
+               FROM pg_attribute
+              WHERE attrelid = to_regclass(quote_ident($2) || '.custom_fields')
+                AND attname IN ('context_type', 'context_config') AND NOT attisdropped
+             UNION ALL
+             SELECT 'publication ' || pubname FROM pg_publication WHERE pubname = $3
+             UNION ALL
+             SELECT 'replication origin ' || roname FROM pg_replication_origin WHERE roname = $4",
+            &[
+                &settings.target.schema,
+                &settings.source.schema,
+                &settings.publication.name,
+                &settings.origin_name(),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}

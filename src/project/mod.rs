@@ -1,0 +1,421 @@
+//! The projection (SPEC §3): what a legacy contact and its custom-field values become in the
+//! lead-centric schema. Pure: no I/O, no clock; the backfill and the stream both use it, so
+//! a row comes out the same whichever path carried it.
+//!
+//! A contact always becomes one customer (`cst_id = contact id`); a lead exactly when its
+//! `lead_status` is not NULL; an appointment exactly when it also has an `appointment_date`.
+//! Lead and appointment ids are UUIDv5 of the contact id, so replaying a change can never
+//! create a second row. Each custom-field value goes to the customer, lead or appointment
+//! that its field's `context_type` names, and only while that parent exists.
+
+mod rules;
+
+pub use rules::ProductRules;
+
+use chrono::{Duration, NaiveDateTime};
+use uuid::Uuid;
+
+/// A legacy `contacts` row: the columns the projection reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub st_address: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip: Option<String>,
+    pub lead_status: Option<String>,
+    pub lead_source: Option<String>,
+    pub tags: Option<String>,
+    pub appointment_status_id: Option<i32>,
+    pub appointment_result_id: Option<i32>,
+    pub appointment_date: Option<NaiveDateTime>,
+    pub priority: Option<i32>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+}
+
+/// The `customers` columns leadsync owns for a migrated customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub cst_id: Uuid,
+    pub workspace_id: Uuid,
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    pub email: Option<String>,
+    pub phone1: Option<String>,
+    pub phone2: Option<String>,
+    pub address1: Option<String>,
+    pub address2: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub zip: Option<String>,
+    pub country: String,
+    pub dateadded: NaiveDateTime,
+    pub lastchanged: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+    pub migrated_from_contact_id: Uuid,
+}
+
+/// The `leads` columns leadsync owns for a contact's migrated lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub workspace_id: Uuid,
+    pub productid: String,
+    pub source: String,
+    pub sourcesubdescr: Option<String>,
+    pub disposition: String,
+    pub stg_id: i32,
+    pub priority: i32,
+    pub entrydate: NaiveDateTime,
+    pub lastchangedon: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+    pub migrated_from_contact_id: Uuid,
+}
+
+/// The `appointments` columns leadsync owns for a contact's migrated appointment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appointment {
+    pub id: Uuid,
+    pub lead_id: Uuid,
+    pub workspace_id: Uuid,
+    pub apptdate: NaiveDateTime,
+    pub disposition: String,
+    pub apptset: bool,
+    pub verified: bool,
+    pub confirmed: bool,
+    pub setdate: NaiveDateTime,
+    pub verifieddate: NaiveDateTime,
+    pub confirmeddate: NaiveDateTime,
+    pub lastchangeddate: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+    pub migrated_from_contact_id: Uuid,
+}
+
+/// Everything one contact becomes, custom-field values aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactProjection {
+    pub customer: Customer,
+    pub lead: Option<Lead>,
+    pub appointment: Option<Appointment>,
+}
+
+/// A legacy `contact_custom_fields` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldValue {
+    pub contact_id: Uuid,
+    pub field_id: Uuid,
+    /// The JSONB value as text; `None` for SQL NULL.
+    pub value: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+}
+
+/// Where a custom field's values belong (`custom_fields.context_type`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FieldContext {
+    Contact,
+    Lead,
+    Appointment,
+    /// A value the projection does not know; its values are unroutable.
+    Other(String),
+}
+
+impl FieldContext {
+    /// Reads `custom_fields.context_type`; NULL counts as `contact`.
+    pub fn from_column(value: Option<&str>) -> FieldContext {
+        match value {
+            None | Some("contact") => FieldContext::Contact,
+            Some("lead") => FieldContext::Lead,
+            Some("appointment") => FieldContext::Appointment,
+            Some(other) => FieldContext::Other(other.to_owned()),
+        }
+    }
+}
+
+/// The three target tables for custom-field values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ValueTable {
+    CustomerCustomFields,
+    LeadCustomFields,
+    AppointmentCustomFields,
+}
+
+impl ValueTable {
+    /// Every value table, in parent order.
+    pub const ALL: [ValueTable; 3] = [
+        ValueTable::CustomerCustomFields,
+        ValueTable::LeadCustomFields,
+        ValueTable::AppointmentCustomFields,
+    ];
+
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            ValueTable::CustomerCustomFields => "customer_custom_fields",
+            ValueTable::LeadCustomFields => "lead_custom_fields",
+            ValueTable::AppointmentCustomFields => "appointment_custom_fields",
+        }
+    }
+
+    /// The column that points at the parent row.
+    pub fn parent_column(self) -> &'static str {
+        match self {
+            ValueTable::CustomerCustomFields => "customer_id",
+            ValueTable::LeadCustomFields => "lead_id",
+            ValueTable::AppointmentCustomFields => "appointment_id",
+        }
+    }
+}
+
+/// A custom-field value as it lands in its target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedValue {
+    pub table: ValueTable,
+    pub parent_id: Uuid,
+    pub field_id: Uuid,
+    pub value: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub created_by: Option<Uuid>,
+}
+
+/// Why a custom-field value has no place in the target right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unroutable {
+    /// The contact does not exist (any more, or yet).
+    NoContact,
+    /// The field is lead-level and the contact has no lead status.
+    NoLead,
+    /// The field is appointment-level and the contact has no appointment.
+    NoAppointment,
+    /// The field's context is not one the projection knows.
+    UnknownContext(String),
+}
+
+/// `uuid_generate_v5(uuid_ns_url(), 'leadsync:lead:' || contact_id)`.
+pub fn lead_id_for(contact_id: Uuid) -> Uuid {
+    derived_id("lead", contact_id)
+}
+
+/// `uuid_generate_v5(uuid_ns_url(), 'leadsync:appointment:' || contact_id)`.
+pub fn appointment_id_for(contact_id: Uuid) -> Uuid {
+    derived_id("appointment", contact_id)
+}
+
+fn derived_id(kind: &str, contact_id: Uuid) -> Uuid {
+    let name = format!("leadsync:{kind}:{}", contact_id.hyphenated());
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+}
+
+/// The lead stage: `appointment_status_id` when it is 1-4, else 1 ("New Lead").
+pub fn stage_for(appointment_status_id: Option<i32>) -> i32 {
+    appointment_status_id
+        .filter(|id| (1..=4).contains(id))
+        .unwrap_or(1)
+}
+
+/// The appointment disposition for an `appointment_result_id`.
+pub fn appointment_disposition(appointment_result_id: Option<i32>) -> &'static str {
+    match appointment_result_id {
+        Some(1) => "Show",
+        Some(2) => "No Show",
+        Some(3) => "Cancelled",
+        Some(4) => "Reschedule",
+        _ => "Pending",
+    }
+}
+
+/// Default `leads.priority` when the contact has none.
+pub const DEFAULT_PRIORITY: i32 = 3;
+/// `leads.source` when the contact's `lead_source` is NULL.
+pub const UNKNOWN_SOURCE: &str = "Unknown";
+/// `customers.country` of every migrated customer.
+pub const COUNTRY: &str = "US";
+
+/// Projects one contact.
+pub fn project_contact(c: &Contact, rules: &ProductRules) -> ContactProjection {
+    let customer = Customer {
+        cst_id: c.id,
+        workspace_id: c.workspace_id,
+        firstname: c.firstname.clone(),
+        lastname: c.lastname.clone(),
+        email: c.email.clone(),
+        phone1: c.phone_number.clone(),
+        phone2: None,
+        address1: c.st_address.clone(),
+        address2: None,
+        city: c.city.clone(),
+        state: c.state.clone(),
+        zip: c.zip.clone(),
+        country: COUNTRY.to_owned(),
+        dateadded: c.created_at,
+        lastchanged: c.updated_at,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        created_by: c.created_by,
+        migrated_from_contact_id: c.id,
+    };
+    let lead = c.lead_status.as_ref().map(|status| Lead {
+        id: lead_id_for(c.id),
+        customer_id: c.id,
+        workspace_id: c.workspace_id,
+        productid: rules.product_for(c.tags.as_deref()).to_owned(),
+        source: c
+            .lead_source
+            .clone()
+            .unwrap_or_else(|| UNKNOWN_SOURCE.to_owned()),
+        sourcesubdescr: None,
+        disposition: status.clone(),
+        stg_id: stage_for(c.appointment_status_id),
+        priority: c.priority.unwrap_or(DEFAULT_PRIORITY),
+        entrydate: c.created_at,
+        lastchangedon: c.updated_at,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        created_by: c.created_by,
+        migrated_from_contact_id: c.id,
+    });
+    let appointment = match (&lead, c.appointment_date) {
+        (Some(lead), Some(date)) => {
+            let status = c.appointment_status_id;
+            let at_least = |n: i32| status.is_some_and(|s| s >= n);
+            Some(Appointment {
+                id: appointment_id_for(c.id),
+                lead_id: lead.id,
+                workspace_id: c.workspace_id,
+                apptdate: date,
+                disposition: appointment_disposition(c.appointment_result_id).to_owned(),
+                apptset: at_least(4),
+                verified: at_least(5),
+                confirmed: at_least(6),
+                setdate: date - Duration::days(1),
+                verifieddate: date - Duration::hours(4),
+                confirmeddate: date - Duration::hours(1),
+                lastchangeddate: c.updated_at,
+                created_at: c.created_at,
+                updated_at: c.updated_at,
+                created_by: c.created_by,
+                migrated_from_contact_id: c.id,
+            })
+        }
+        _ => None,
+    };
+    ContactProjection {
+        customer,
+        lead,
+        appointment,
+    }
+}
+
+/// Routes one custom-field value to its parent in `parent` (the projection of its contact,
+/// `None` when the contact does not exist).
+pub fn route_field_value(
+    value: &FieldValue,
+    context: &FieldContext,
+    parent: Option<&ContactProjection>,
+) -> Result<RoutedValue, Unroutable> {
+    let parent = parent.ok_or(Unroutable::NoContact)?;
+    let (table, parent_id) = match context {
+        FieldContext::Contact => (ValueTable::CustomerCustomFields, parent.customer.cst_id),
+        FieldContext::Lead => (
+            ValueTable::LeadCustomFields,
+            parent.lead.as_ref().ok_or(Unroutable::NoLead)?.id,
+        ),
+        FieldContext::Appointment => (
+            ValueTable::AppointmentCustomFields,
+            parent
+                .appointment
+                .as_ref()
+                .ok_or(Unroutable::NoAppointment)?
+                .id,
+        ),
+        FieldContext::Other(name) => return Err(Unroutable::UnknownContext(name.clone())),
+    };
+    Ok(RoutedValue {
+        table,
+        parent_id,
+        field_id: value.field_id,
+        value: value.value.clone(),
+        created_at: value.created_at,
+        updated_at: value.updated_at,
+        created_by: value.created_by,
+    })
+}
+
+/// A projected value longer than its target column allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    /// `customers.phone1`, …
+    pub column: &'static str,
+    /// The legacy column it comes from.
+    pub source_column: &'static str,
+    /// The column's `VARCHAR(n)` limit, in characters.
+    pub limit: usize,
+    /// The value's length in characters.
+    pub length: usize,
+}
+
+/// Every length-limited projected column: (target column, legacy column, limit). The
+/// target DDL uses these limits; `assess` and the backfill check against them.
+pub const LENGTH_LIMITS: &[(&str, &str, usize)] = &[
+    ("customers.firstname", "firstname", 255),
+    ("customers.lastname", "lastname", 255),
+    ("customers.email", "email", 255),
+    ("customers.phone1", "phone_number", 20),
+    ("customers.city", "city", 100),
+    ("customers.state", "state", 50),
+    ("customers.zip", "zip", 20),
+    ("leads.productid", "tags", 100),
+    ("leads.source", "lead_source", 255),
+    ("leads.disposition", "lead_status", 100),
+];
+
+/// The projected values that will not fit their columns.
+pub fn misfits(p: &ContactProjection) -> Vec<Misfit> {
+    let c = &p.customer;
+    let mut values: Vec<(&'static str, Option<&str>)> = vec![
+        ("customers.firstname", c.firstname.as_deref()),
+        ("customers.lastname", c.lastname.as_deref()),
+        ("customers.email", c.email.as_deref()),
+        ("customers.phone1", c.phone1.as_deref()),
+        ("customers.city", c.city.as_deref()),
+        ("customers.state", c.state.as_deref()),
+        ("customers.zip", c.zip.as_deref()),
+    ];
+    if let Some(lead) = &p.lead {
+        values.push(("leads.productid", Some(&lead.productid)));
+        values.push(("leads.source", Some(&lead.source)));
+        values.push(("leads.disposition", Some(&lead.disposition)));
+    }
+    values
+        .into_iter()
+        .filter_map(|(column, value)| {
+            let &(_, source_column, limit) = LENGTH_LIMITS.iter().find(|(c, _, _)| *c == column)?;
+            let length = value?.chars().count();
+            (length > limit).then_some(Misfit {
+                column,
+                source_column,
+                limit,
+                length,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

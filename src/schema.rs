@@ -1,0 +1,366 @@
+//! The DDL `leadsync setup` installs: the guide's Steps 1-4 as SPEC §2 fixes them, and the
+//! daemon's own `leadsync` schema. Every statement is idempotent (`IF NOT EXISTS`, or a
+//! catalog check for policies), so a second run changes nothing.
+
+use crate::db::quote_ident;
+
+/// The schema holding leadsync's own state.
+pub const STATE_SCHEMA: &str = "leadsync";
+
+/// The six target tables, parents before children.
+pub const TARGET_TABLES: [&str; 6] = [
+    "customers",
+    "leads",
+    "appointments",
+    "customer_custom_fields",
+    "lead_custom_fields",
+    "appointment_custom_fields",
+];
+
+/// The legacy tables the publication carries (plus `customers` with reverse sync).
+pub const PUBLISHED_LEGACY_TABLES: [&str; 3] =
+    ["contacts", "contact_custom_fields", "custom_fields"];
+
+/// Steps 1-3: tables and indexes. `{t}` is the target schema, `{s}` the legacy schema.
+const TARGET_TABLES_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS {t}.customers (
+    cst_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    workspace_id UUID NOT NULL REFERENCES {s}.workspaces(id) ON DELETE CASCADE,
+    firstname VARCHAR(255),
+    lastname VARCHAR(255),
+    email VARCHAR(255),
+    phone1 VARCHAR(20),
+    phone2 VARCHAR(20),
+    address1 TEXT,
+    address2 TEXT,
+    city VARCHAR(100),
+    state VARCHAR(50),
+    zip VARCHAR(20),
+    country VARCHAR(100) DEFAULT 'US',
+    dateadded TIMESTAMP DEFAULT NOW(),
+    lastchanged TIMESTAMP DEFAULT NOW(),
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    migrated_from_contact_id UUID,
+    migration_timestamp TIMESTAMP DEFAULT NOW(),
+    deleted_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS {t}.leads (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    customer_id UUID NOT NULL REFERENCES {t}.customers(cst_id) ON DELETE CASCADE,
+    workspace_id UUID NOT NULL REFERENCES {s}.workspaces(id) ON DELETE CASCADE,
+    productid VARCHAR(100),
+    source VARCHAR(255),
+    sourcesubdescr TEXT,
+    disposition VARCHAR(100),
+    stg_id INTEGER,
+    priority INTEGER DEFAULT 3,
+    lead_score DECIMAL(5,2),
+    entrydate TIMESTAMP DEFAULT NOW(),
+    apptdate TIMESTAMP,
+    apptset BOOLEAN DEFAULT FALSE,
+    verified BOOLEAN DEFAULT FALSE,
+    confirmed BOOLEAN DEFAULT FALSE,
+    issued BOOLEAN DEFAULT FALSE,
+    sat BOOLEAN DEFAULT FALSE,
+    sold BOOLEAN DEFAULT FALSE,
+    everset BOOLEAN DEFAULT FALSE,
+    eververified BOOLEAN DEFAULT FALSE,
+    everconfirmed BOOLEAN DEFAULT FALSE,
+    lastchangedon TIMESTAMP DEFAULT NOW(),
+    lastchangedby VARCHAR(255),
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    migrated_from_contact_id UUID,
+    migration_timestamp TIMESTAMP DEFAULT NOW(),
+    deleted_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS {t}.appointments (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    lead_id UUID NOT NULL REFERENCES {t}.leads(id) ON DELETE CASCADE,
+    workspace_id UUID NOT NULL REFERENCES {s}.workspaces(id) ON DELETE CASCADE,
+    apptdate TIMESTAMP NOT NULL,
+    setbyname VARCHAR(255),
+    verifiedbyname VARCHAR(255),
+    confirmedbyname VARCHAR(255),
+    disposition VARCHAR(100),
+    apptset BOOLEAN DEFAULT FALSE,
+    verified BOOLEAN DEFAULT FALSE,
+    confirmed BOOLEAN DEFAULT FALSE,
+    issued BOOLEAN DEFAULT FALSE,
+    sat BOOLEAN DEFAULT FALSE,
+    sold BOOLEAN DEFAULT FALSE,
+    setdate TIMESTAMP,
+    verifieddate TIMESTAMP,
+    confirmeddate TIMESTAMP,
+    lastchangeddate TIMESTAMP DEFAULT NOW(),
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    migrated_from_contact_id UUID,
+    migration_timestamp TIMESTAMP DEFAULT NOW(),
+    deleted_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS {t}.customer_custom_fields (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    customer_id UUID NOT NULL REFERENCES {t}.customers(cst_id) ON DELETE CASCADE,
+    field_id UUID NOT NULL REFERENCES {s}.custom_fields(id) ON DELETE CASCADE,
+    value JSONB,
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    UNIQUE(customer_id, field_id)
+);
+
+CREATE TABLE IF NOT EXISTS {t}.lead_custom_fields (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    lead_id UUID NOT NULL REFERENCES {t}.leads(id) ON DELETE CASCADE,
+    field_id UUID NOT NULL REFERENCES {s}.custom_fields(id) ON DELETE CASCADE,
+    value JSONB,
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    UNIQUE(lead_id, field_id)
+);
+
+CREATE TABLE IF NOT EXISTS {t}.appointment_custom_fields (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    appointment_id UUID NOT NULL REFERENCES {t}.appointments(id) ON DELETE CASCADE,
+    field_id UUID NOT NULL REFERENCES {s}.custom_fields(id) ON DELETE CASCADE,
+    value JSONB,
+    created_at TIMESTAMP DEFAULT NOW(),
+    updated_at TIMESTAMP DEFAULT NOW(),
+    created_by UUID REFERENCES auth.users(id),
+    updated_by UUID REFERENCES auth.users(id),
+    UNIQUE(appointment_id, field_id)
+);
+
+ALTER TABLE {s}.custom_fields
+    ADD COLUMN IF NOT EXISTS context_type VARCHAR(20) DEFAULT 'contact'
+        CHECK (context_type IN ('contact', 'lead', 'appointment')),
+    ADD COLUMN IF NOT EXISTS context_config JSONB DEFAULT '{}';
+
+CREATE INDEX IF NOT EXISTS idx_customers_workspace_id ON {t}.customers(workspace_id);
+CREATE INDEX IF NOT EXISTS idx_customers_email ON {t}.customers(email) WHERE email IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_customers_phone1 ON {t}.customers(phone1) WHERE phone1 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_customers_name ON {t}.customers(firstname, lastname)
+    WHERE firstname IS NOT NULL OR lastname IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_customers_lastchanged ON {t}.customers(lastchanged DESC);
+CREATE INDEX IF NOT EXISTS idx_customers_migrated_from ON {t}.customers(migrated_from_contact_id)
+    WHERE migrated_from_contact_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS idx_leads_customer_id ON {t}.leads(customer_id);
+CREATE INDEX IF NOT EXISTS idx_leads_workspace_id ON {t}.leads(workspace_id);
+CREATE INDEX IF NOT EXISTS idx_leads_productid ON {t}.leads(productid) WHERE productid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_leads_source ON {t}.leads(source) WHERE source IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_leads_disposition ON {t}.leads(disposition) WHERE disposition IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_leads_stg_id ON {t}.leads(stg_id) WHERE stg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_leads_lastchangedon ON {t}.leads(lastchangedon DESC);
+-- One migrated lead and one migrated appointment per contact (SPEC §2).
+CREATE UNIQUE INDEX IF NOT EXISTS idx_leads_migrated_from ON {t}.leads(migrated_from_contact_id)
+    WHERE migrated_from_contact_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS idx_appointments_lead_id ON {t}.appointments(lead_id);
+CREATE INDEX IF NOT EXISTS idx_appointments_workspace_id ON {t}.appointments(workspace_id);
+CREATE INDEX IF NOT EXISTS idx_appointments_apptdate ON {t}.appointments(apptdate);
+CREATE INDEX IF NOT EXISTS idx_appointments_disposition ON {t}.appointments(disposition)
+    WHERE disposition IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_appointments_migrated_from
+    ON {t}.appointments(migrated_from_contact_id) WHERE migrated_from_contact_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS idx_customer_custom_fields_customer_id ON {t}.customer_custom_fields(customer_id);
+CREATE INDEX IF NOT EXISTS idx_customer_custom_fields_field_id ON {t}.customer_custom_fields(field_id);
+CREATE INDEX IF NOT EXISTS idx_lead_custom_fields_lead_id ON {t}.lead_custom_fields(lead_id);
+CREATE INDEX IF NOT EXISTS idx_lead_custom_fields_field_id ON {t}.lead_custom_fields(field_id);
+CREATE INDEX IF NOT EXISTS idx_appointment_custom_fields_appointment_id
+    ON {t}.appointment_custom_fields(appointment_id);
+CREATE INDEX IF NOT EXISTS idx_appointment_custom_fields_field_id
+    ON {t}.appointment_custom_fields(field_id);
+
+ALTER TABLE {t}.customers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {t}.leads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {t}.appointments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {t}.customer_custom_fields ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {t}.lead_custom_fields ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {t}.appointment_custom_fields ENABLE ROW LEVEL SECURITY;
+"#;
+
+/// leadsync's own state. Dead letters keep the full payload of a rejected change.
+const STATE_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS leadsync;
+
+COMMENT ON SCHEMA leadsync IS 'leadsync change data capture: checkpoints and dead letters';
+
+-- One row per slot: what the daemon must remember across restarts besides its LSN (which
+-- the replication origin of the same name holds, committed with the writes).
+CREATE TABLE IF NOT EXISTS leadsync.sync_state (
+    slot_name TEXT PRIMARY KEY,
+    paused BOOLEAN NOT NULL DEFAULT FALSE,
+    phase TEXT NOT NULL DEFAULT 'new'
+        CHECK (phase IN ('new', 'backfill', 'streaming')),
+    backfill_lsn PG_LSN,
+    backfill_started_at TIMESTAMPTZ,
+    backfill_finished_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Rows the target rejected, with everything needed to replay them.
+CREATE TABLE IF NOT EXISTS leadsync.dead_letters (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot_name TEXT NOT NULL,
+    lsn PG_LSN,
+    source_table TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    contact_id UUID,
+    key JSONB NOT NULL,
+    payload JSONB NOT NULL,
+    error TEXT NOT NULL,
+    sqlstate TEXT,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'replayed', 'discarded')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    resolved_at TIMESTAMPTZ
+);
+
+CREATE INDEX IF NOT EXISTS dead_letters_pending ON leadsync.dead_letters (contact_id)
+    WHERE status = 'pending';
+"#;
+
+/// The row-level-security policies: select, insert, update and delete by workspace
+/// membership for every target table. `(table, name, command, predicate)`.
+fn policies() -> Vec<(&'static str, String, &'static str, String)> {
+    let member = "workspace_id IN (SELECT workspace_id FROM {s}.workspace_users \
+                  WHERE user_id = auth.uid())";
+    let via = |column: &str, parent: &str, parent_key: &str| {
+        format!("{column} IN (SELECT {parent_key} FROM {{t}}.{parent} WHERE {member})")
+    };
+    let tables: [(&str, &str, String); 6] = [
+        ("customers", "customers", member.to_owned()),
+        ("leads", "leads", member.to_owned()),
+        ("appointments", "appointments", member.to_owned()),
+        (
+            "customer_custom_fields",
+            "customer custom fields",
+            via("customer_id", "customers", "cst_id"),
+        ),
+        (
+            "lead_custom_fields",
+            "lead custom fields",
+            via("lead_id", "leads", "id"),
+        ),
+        (
+            "appointment_custom_fields",
+            "appointment custom fields",
+            via("appointment_id", "appointments", "id"),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (table, noun, predicate) in tables {
+        for (verb, command) in [
+            ("view", "SELECT"),
+            ("insert", "INSERT"),
+            ("update", "UPDATE"),
+            ("delete", "DELETE"),
+        ] {
+            let name = format!("Users can {verb} {noun} in their workspace");
+            out.push((table, name, command, predicate.clone()));
+        }
+    }
+    out
+}
+
+/// Fills in the schema names.
+fn with_schemas(sql: &str, target: &str, source: &str) -> String {
+    sql.replace("{t}", &quote_ident(target))
+        .replace("{s}", &quote_ident(source))
+}
+
+/// The target schema's DDL for `target` (new tables) over `source` (legacy tables).
+pub fn target_ddl(target: &str, source: &str) -> String {
+    let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(target));
+    sql.push_str(&with_schemas(TARGET_TABLES_SQL, target, source));
+    for (table, name, command, predicate) in policies() {
+        let clause = match command {
+            "INSERT" => format!("WITH CHECK ({predicate})"),
+            _ => format!("USING ({predicate})"),
+        };
+        let create = format!(
+            "CREATE POLICY {} ON {{t}}.{table} FOR {command} {clause}",
+            quote_ident(&name)
+        );
+        // CREATE POLICY has no IF NOT EXISTS; check the catalog instead.
+        let guarded = format!(
+            "DO $leadsync$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = {} \
+             AND tablename = '{table}' AND policyname = {}) THEN\n    {create};\n  END IF;\nEND $leadsync$;\n",
+            crate::db::quote_literal(target),
+            crate::db::quote_literal(&name),
+        );
+        sql.push_str(&with_schemas(&guarded, target, source));
+    }
+    sql
+}
+
+/// The `leadsync` schema's DDL.
+pub fn state_ddl() -> &'static str {
+    STATE_SQL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_gets_four_policies() {
+        let p = policies();
+        for table in TARGET_TABLES {
+            let commands: Vec<&str> = p
+                .iter()
+                .filter(|(t, ..)| *t == table)
+                .map(|(_, _, c, _)| *c)
+                .collect();
+            assert_eq!(
+                commands,
+                ["SELECT", "INSERT", "UPDATE", "DELETE"],
+                "{table}"
+            );
+        }
+        assert!(
+            p.iter()
+                .any(|(_, name, ..)| name == "Users can view customers in their workspace")
+        );
+    }
+
+    #[test]
+    fn ddl_names_the_configured_schemas() {
+        let sql = target_ddl("crm_new", "crm");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"crm_new\".customers"));
+        assert!(sql.contains("REFERENCES \"crm\".workspaces(id)"));
+        assert!(sql.contains("ALTER TABLE \"crm\".custom_fields"));
+        assert!(!sql.contains("{t}") && !sql.contains("{s}"));
+        assert!(!sql.contains("UNIQUE(customer_id, productid)"));
+    }
+
+    #[test]
+    fn length_limits_match_the_ddl() {
+        for (column, _, limit) in crate::project::LENGTH_LIMITS {
+            let (table, name) = column.split_once('.').unwrap();
+            let start = TARGET_TABLES_SQL.find(&format!("{{t}}.{table} (")).unwrap();
+            let body = &TARGET_TABLES_SQL[start..];
+            let body = &body[..body.find(");").unwrap()];
+            assert!(
+                body.contains(&format!("\n    {name} VARCHAR({limit})")),
+                "{column} is not VARCHAR({limit})"
+            );
+        }
+    }
+}
