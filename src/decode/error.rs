@@ -124,7 +124,7 @@ pub enum DecodeError {
     /// A string field (a name or a prefix) is not valid UTF-8.
     #[error(
         "{message}: {field} is not valid UTF-8 (invalid byte at offset {})",
-        offset + valid_up_to
+        offset.saturating_add(*valid_up_to)
     )]
     InvalidUtf8 {
         /// The message kind.

@@ -230,7 +230,8 @@ pub struct DecodingMessage {
     /// Emitted inside a transaction and delivered between its Begin and Commit (flag 1);
     /// otherwise delivered on its own as soon as it is decoded.
     pub transactional: bool,
-    /// LSN of the message.
+    /// LSN of the message: the server sends the *end* of the message's WAL record, so a
+    /// transactional message emitted right before COMMIT carries the commit LSN.
     pub lsn: Lsn,
     /// The prefix the emitter chose, to tell message families apart.
     pub prefix: String,

@@ -45,7 +45,7 @@ impl<'a> Reader<'a> {
             .and_then(|end| self.buf.get(self.pos..end));
         match slice.and_then(|s| <[u8; N]>::try_from(s).ok()) {
             Some(array) => {
-                self.pos += N;
+                self.pos = self.pos.saturating_add(N);
                 Ok(array)
             }
             None => Err(DecodeError::Truncated {
@@ -117,7 +117,8 @@ impl<'a> Reader<'a> {
             offset: start,
             valid_up_to: e.valid_up_to(),
         })?;
-        self.pos = start + len + 1;
+        // The NUL was found inside the buffer, so this stays within its length.
+        self.pos = start.saturating_add(len).saturating_add(1);
         Ok(text.to_owned())
     }
 

@@ -293,6 +293,8 @@ fn truncate_of_two_tables_with_options() {
 
 #[test]
 fn transactional_logical_message() {
+    // The message's LSN is the end of its WAL record; the COMMIT record follows it directly,
+    // so here it equals the transaction's final LSN (0/1548510).
     assert_eq!(
         decode_fixture("tx9.message"),
         LogicalMessage::Message(DecodingMessage {
