@@ -25,9 +25,18 @@ const ENV_NOT_SETTINGS: &[&str] = &["LEADSYNC_CONFIG", "LEADSYNC_LOG"];
 pub const KEYS: &[(&str, &[&str])] = &[
     ("source", &["url", "schema"]),
     ("target", &["schema"]),
-    ("slot", &["name"]),
+    ("slot", &["name", "status_interval_ms"]),
     ("publication", &["name"]),
-    ("sync", &["delete_mode", "reverse", "on_error"]),
+    (
+        "sync",
+        &[
+            "delete_mode",
+            "reverse",
+            "on_error",
+            "max_batch_changes",
+            "max_batch_delay_ms",
+        ],
+    ),
     ("transform", &["product_rules", "case_insensitive"]),
     ("metrics", &["listen"]),
     ("log", &["format", "level"]),
@@ -110,12 +119,16 @@ impl Default for TargetSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SlotSettings {
     pub name: String,
+    /// How often the processed position is reported to the server. Keep it well under half
+    /// of the server's `wal_sender_timeout`, or a busy daemon is disconnected.
+    pub status_interval_ms: u64,
 }
 
 impl Default for SlotSettings {
     fn default() -> Self {
         SlotSettings {
             name: "leadsync".into(),
+            status_interval_ms: 1000,
         }
     }
 }
@@ -163,6 +176,11 @@ pub struct SyncSettings {
     /// Write edits of owned customers back to their contacts (SPEC §4).
     pub reverse: bool,
     pub on_error: OnError,
+    /// Under load, several source transactions commit as one target transaction: at most
+    /// this many changes in one.
+    pub max_batch_changes: usize,
+    /// …and open at most this long (milliseconds). A lone transaction commits at once.
+    pub max_batch_delay_ms: u64,
 }
 
 impl Default for SyncSettings {
@@ -171,6 +189,8 @@ impl Default for SyncSettings {
             delete_mode: DeleteMode::Soft,
             reverse: true,
             on_error: OnError::DeadLetter,
+            max_batch_changes: 20_000,
+            max_batch_delay_ms: 200,
         }
     }
 }
@@ -355,6 +375,18 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "transform.product_rules",
                 reason: "no rules; give at least one needle=PRODUCT".into(),
+            });
+        }
+        if self.slot.status_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "slot.status_interval_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.sync.max_batch_changes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sync.max_batch_changes",
+                reason: "must be at least 1".into(),
             });
         }
         self.metrics_addr()?;

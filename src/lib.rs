@@ -8,23 +8,33 @@
 //! The data flows source → decode → project → apply:
 //!
 //! - [`config`]: settings from a TOML file and `LEADSYNC_*` variables, validated offline.
+//! - [`source`]: I/O; the slot, its exported snapshot and the replication stream, and the
+//!   (pure) conversion of row changes to domain changes.
 //! - [`decode`]: pure; pgoutput bytes → logical replication messages.
-//! - [`project`]: pure; a legacy contact and its field values → the rows it becomes.
+//! - [`project`]: pure; a legacy contact and its field values → the rows it becomes, and
+//!   the plan of writes for a chunk of changes.
+//! - [`apply`]: I/O; one target transaction = writes + leadsync's state + checkpoint.
+//! - [`control`]: signals → shutdown.
+//! - [`reconcile`]: the target compared row by row with an SQL projection of the source.
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
 //! - [`cmd`]: one module per subcommand.
 //! - [`cluster`]: a throwaway PostgreSQL for the demo, the tests and the benchmarks.
 //! - [`fixtures`]: the legacy schema and a deterministic demo-data generator.
 
+pub mod apply;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod decode;
 pub mod error;
 pub mod fixtures;
 pub mod lsn;
 pub mod project;
+pub mod reconcile;
 pub mod schema;
+pub mod source;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 

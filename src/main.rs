@@ -25,6 +25,9 @@ enum Command {
     /// Check the preconditions and install the target schema, the leadsync schema, the
     /// publication and the replication origin (idempotent).
     Setup,
+    /// Run the daemon: on the first run create the slot and load every existing legacy row
+    /// from its snapshot, then stream changes into the new tables until SIGTERM/SIGINT.
+    Run,
     /// Pre-migration assessment of the legacy tables: volumes, data quality, custom-field
     /// usage and values that will not fit the target.
     Assess {
@@ -72,6 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup => {
             let report = cmd::setup::run_setup(&settings).await?;
             print!("{report}");
+        }
+        Command::Run => {
+            let shutdown = leadsync::control::shutdown_on_signals()?;
+            tracing::info!(slot = %settings.slot.name, "leadsync starting");
+            cmd::run::run(&settings, shutdown).await?;
+            tracing::info!("leadsync stopped");
         }
         Command::Assess { json } => {
             let assessment = cmd::assess::run_assess(&settings).await?;

@@ -234,6 +234,49 @@ CREATE TABLE IF NOT EXISTS leadsync.dead_letters (
 
 CREATE INDEX IF NOT EXISTS dead_letters_pending ON leadsync.dead_letters (contact_id)
     WHERE status = 'pending';
+
+-- The source state as of the processed LSN, kept in the same transactions as the target
+-- writes: what pgoutput does not resend (unchanged TOAST values), values whose parent does
+-- not exist yet, and the field contexts that route them.
+CREATE TABLE IF NOT EXISTS leadsync.contacts (
+    id UUID PRIMARY KEY,
+    workspace_id UUID NOT NULL,
+    firstname TEXT,
+    lastname TEXT,
+    email TEXT,
+    phone_number TEXT,
+    st_address TEXT,
+    city TEXT,
+    state TEXT,
+    zip TEXT,
+    lead_status TEXT,
+    lead_source TEXT,
+    tags TEXT,
+    appointment_status_id INTEGER,
+    appointment_result_id INTEGER,
+    appointment_date TIMESTAMP,
+    priority INTEGER,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    created_by UUID
+);
+
+CREATE TABLE IF NOT EXISTS leadsync.field_values (
+    contact_id UUID NOT NULL,
+    field_id UUID NOT NULL,
+    value JSONB,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    created_by UUID,
+    PRIMARY KEY (contact_id, field_id)
+);
+
+CREATE INDEX IF NOT EXISTS field_values_field_id ON leadsync.field_values (field_id);
+
+CREATE TABLE IF NOT EXISTS leadsync.fields (
+    id UUID PRIMARY KEY,
+    context_type TEXT
+);
 "#;
 
 /// The row-level-security policies: select, insert, update and delete by workspace

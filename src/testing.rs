@@ -270,3 +270,169 @@ pub fn schema_dump(port: u16, database: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Environment for a `leadsync` process pointed at `db`, with a short status interval so
+/// tests see the acknowledged position quickly.
+pub fn daemon_env(db: &TestDb) -> Vec<(String, String)> {
+    let s = db.settings();
+    vec![
+        ("LEADSYNC_SOURCE__URL".into(), db.url()),
+        ("LEADSYNC_SLOT__NAME".into(), s.slot.name.clone()),
+        (
+            "LEADSYNC_PUBLICATION__NAME".into(),
+            s.publication.name.clone(),
+        ),
+        ("LEADSYNC_SLOT__STATUS_INTERVAL_MS".into(), "100".into()),
+        ("LEADSYNC_METRICS__LISTEN".into(), "127.0.0.1:0".into()),
+        ("LEADSYNC_LOG__LEVEL".into(), "info".into()),
+    ]
+}
+
+/// A `leadsync run` process. Dropping it kills it.
+pub struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin run` with `env` (see [`daemon_env`]); its output goes to a log file.
+    pub fn start(bin: &str, env: &[(String, String)]) -> Daemon {
+        let log = std::env::temp_dir().join(format!(
+            "leadsync-daemon-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).expect("daemon log file");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("run")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LEADSYNC_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start leadsync");
+        Daemon { child, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for leadsync")
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` and waits (up to `timeout`) for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: i32,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("leadsync log ({}):\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+impl TestDb {
+    /// Waits until the slot has been acknowledged past everything written so far, i.e. the
+    /// daemon processed it. Panics with `context` after `timeout`.
+    pub async fn wait_caught_up(&self, timeout: std::time::Duration, context: &dyn Fn() -> String) {
+        let client = self.client().await;
+        let target: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("current WAL position")
+            .get(0);
+        let target: crate::Lsn = target.parse().expect("an LSN");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let flushed: Option<String> = client
+                .query_opt(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await
+                .expect("slot position")
+                .and_then(|r| r.get(0));
+            let streaming: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM leadsync.sync_state
+                                    WHERE slot_name = $1 AND phase = 'streaming')",
+                    &[&self.slot],
+                )
+                .await
+                .expect("leadsync state")
+                .get(0);
+            if streaming
+                && let Some(lsn) = flushed.and_then(|l| l.parse::<crate::Lsn>().ok())
+                && lsn >= target
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not caught up with {target} after {timeout:?}; {}",
+                context()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Compares the owned target rows with the SQL projection of the source; panics with a
+    /// report of every difference.
+    pub async fn assert_projection(&self, settings: &Settings) {
+        let mut client = self.client().await;
+        let rules = crate::project::ProductRules::new(
+            &settings.transform.product_rules,
+            settings.transform.case_insensitive,
+        );
+        let report = crate::reconcile::reconcile(
+            &mut client,
+            &crate::reconcile::ReconcileOptions {
+                source_schema: &settings.source.schema,
+                target_schema: &settings.target.schema,
+                rules: &rules,
+                except_dead_letters: true,
+            },
+        )
+        .await
+        .expect("reconcile");
+        report.assert_clean();
+    }
+}

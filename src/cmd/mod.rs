@@ -2,4 +2,5 @@
 
 pub mod assess;
 pub mod demo;
+pub mod run;
 pub mod setup;

@@ -190,8 +190,21 @@ impl fmt::Display for SetupReport {
             return writeln!(f, "setup: everything was already in place; nothing changed");
         }
         writeln!(f, "setup: created {} objects", self.created.len())?;
+        // Group by kind: one line per kind, names listed where there are few.
+        let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();
         for object in &self.created {
-            writeln!(f, "  + {object}")?;
+            let (kind, name) = object.split_once(' ').unwrap_or(("object", object));
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, names)) => names.push(name),
+                None => kinds.push((kind, vec![name])),
+            }
+        }
+        for (kind, names) in kinds {
+            if names.len() <= 8 {
+                writeln!(f, "  + {kind}: {}", names.join(", "))?;
+            } else {
+                writeln!(f, "  + {} {kind}s", names.len())?;
+            }
         }
         if self.publication_altered {
             writeln!(f, "  ~ publication table list updated")?;
@@ -642,7 +655,7 @@ async fn catalog_objects(
              UNION ALL
              SELECT 'publication ' || pubname FROM pg_publication WHERE pubname = $3
              UNION ALL
-             SELECT 'replication origin ' || roname FROM pg_replication_origin WHERE roname = $4",
+             SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname = $4",
             &[
                 &settings.target.schema,
                 &settings.source.schema,

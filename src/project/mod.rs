@@ -8,6 +8,8 @@
 //! create a second row. Each custom-field value goes to the customer, lead or appointment
 //! that its field's `context_type` names, and only while that parent exists.
 
+pub mod change;
+pub mod plan;
 mod rules;
 
 pub use rules::ProductRules;
@@ -16,7 +18,7 @@ use chrono::{Duration, NaiveDateTime};
 use uuid::Uuid;
 
 /// A legacy `contacts` row: the columns the projection reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Contact {
     pub id: Uuid,
     pub workspace_id: Uuid,
@@ -114,7 +116,7 @@ pub struct ContactProjection {
 }
 
 /// A legacy `contact_custom_fields` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldValue {
     pub contact_id: Uuid,
     pub field_id: Uuid,
@@ -387,8 +389,16 @@ pub const LENGTH_LIMITS: &[(&str, &str, usize)] = &[
 
 /// The projected values that will not fit their columns.
 pub fn misfits(p: &ContactProjection) -> Vec<Misfit> {
-    let c = &p.customer;
-    let mut values: Vec<(&'static str, Option<&str>)> = vec![
+    let mut found = customer_misfits(&p.customer);
+    if let Some(lead) = &p.lead {
+        found.extend(lead_misfits(lead));
+    }
+    found
+}
+
+/// The customer's values that will not fit their columns.
+pub fn customer_misfits(c: &Customer) -> Vec<Misfit> {
+    check_lengths(&[
         ("customers.firstname", c.firstname.as_deref()),
         ("customers.lastname", c.lastname.as_deref()),
         ("customers.email", c.email.as_deref()),
@@ -396,15 +406,22 @@ pub fn misfits(p: &ContactProjection) -> Vec<Misfit> {
         ("customers.city", c.city.as_deref()),
         ("customers.state", c.state.as_deref()),
         ("customers.zip", c.zip.as_deref()),
-    ];
-    if let Some(lead) = &p.lead {
-        values.push(("leads.productid", Some(&lead.productid)));
-        values.push(("leads.source", Some(&lead.source)));
-        values.push(("leads.disposition", Some(&lead.disposition)));
-    }
+    ])
+}
+
+/// The lead's values that will not fit their columns.
+pub fn lead_misfits(lead: &Lead) -> Vec<Misfit> {
+    check_lengths(&[
+        ("leads.productid", Some(&lead.productid)),
+        ("leads.source", Some(&lead.source)),
+        ("leads.disposition", Some(&lead.disposition)),
+    ])
+}
+
+fn check_lengths(values: &[(&'static str, Option<&str>)]) -> Vec<Misfit> {
     values
-        .into_iter()
-        .filter_map(|(column, value)| {
+        .iter()
+        .filter_map(|&(column, value)| {
             let &(_, source_column, limit) = LENGTH_LIMITS.iter().find(|(c, _, _)| *c == column)?;
             let length = value?.chars().count();
             (length > limit).then_some(Misfit {

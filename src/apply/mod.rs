@@ -1,0 +1,761 @@
+//! The apply stage: one target transaction holds the projected writes of one or more whole
+//! source transactions, the matching state in the `leadsync` schema, and the checkpoint —
+//! the replication origin's LSN, set with `pg_replication_origin_xact_setup` right before
+//! COMMIT. They commit together or not at all, so a crash at any moment loses nothing and a
+//! replay from the checkpoint duplicates nothing.
+//!
+//! Changes are planned and written in chunks of [`CHUNK_CHANGES`], inside the open
+//! transaction, so a source transaction of any size passes through in bounded memory.
+
+mod sql;
+mod write;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use chrono::NaiveDateTime;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::Lsn;
+use crate::config::{DeleteMode, OnError, Settings};
+use crate::db;
+use crate::error::{ErrorKind, is_bad_row_sqlstate, is_transient_sqlstate};
+use crate::project::change::{Change, Stamped};
+use crate::project::plan::{DeadLetter, Plan, Prior, plan_chunk};
+use crate::project::{Contact, FieldContext, FieldValue, ProductRules};
+use crate::source::convert::SourceTable;
+
+pub use sql::Sql;
+
+/// Changes planned and written at a time. Bounds memory; large enough that the per-chunk
+/// round trips vanish next to the rows.
+pub const CHUNK_CHANGES: usize = 2_000;
+
+/// Contacts read at a time when a whole table must be walked (truncate, field re-routing).
+const PAGE: i64 = 2_000;
+
+/// An apply failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{context}: {message}")]
+    Db {
+        context: &'static str,
+        message: String,
+        sqlstate: Option<String>,
+    },
+    #[error(
+        "another leadsync is already active on slot `{slot}` ({detail}); only one instance \
+         applies changes at a time"
+    )]
+    Locked { slot: String, detail: String },
+    #[error(
+        "the replication origin `{0}` does not exist: run `leadsync setup` (it creates the \
+         origin, the publication and the leadsync schema)"
+    )]
+    NoOrigin(String),
+    #[error(
+        "stopping as sync.on_error = \"stop\" says: {0}. Fix the data or the column, then \
+         restart; nothing after this change has been applied"
+    )]
+    Stopped(String),
+}
+
+impl ApplyError {
+    /// What the daemon does about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Db { sqlstate, .. } => match sqlstate.as_deref() {
+                None => ErrorKind::Transient,
+                Some(code) if is_transient_sqlstate(code) => ErrorKind::Transient,
+                Some(code) if is_bad_row_sqlstate(code) => ErrorKind::BadRow,
+                Some(_) => ErrorKind::Fatal,
+            },
+            ApplyError::Locked { .. } => ErrorKind::Transient,
+            ApplyError::NoOrigin(_) | ApplyError::Stopped(_) => ErrorKind::Fatal,
+        }
+    }
+}
+
+/// Wraps a driver error with what was being done.
+pub(crate) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyError {
+    move |e| ApplyError::Db {
+        context,
+        message: db::error_text(&e),
+        sqlstate: e.code().map(|c| c.code().to_owned()),
+    }
+}
+
+/// Counters of what the apply stage did, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyStats {
+    pub changes: u64,
+    pub transactions: u64,
+    pub dead_letters: u64,
+}
+
+/// The target session and the transaction being built.
+pub struct Applier {
+    client: Client,
+    sql: Sql,
+    source_schema: String,
+    slot: String,
+    rules: ProductRules,
+    delete_mode: DeleteMode,
+    on_error: OnError,
+    chunk: Vec<Stamped>,
+    /// A target transaction is open.
+    open: bool,
+    opened_at: Option<Instant>,
+    /// Changes in the open transaction.
+    txn_changes: usize,
+    /// Dead letters written in the open transaction (only the first is logged in full).
+    parked_in_txn: usize,
+    pub stats: ApplyStats,
+}
+
+impl Applier {
+    /// Opens the target session and binds it to the replication origin named after the
+    /// slot. The binding is exclusive: a second daemon on the same slot is refused here.
+    pub async fn connect(settings: &Settings) -> Result<Applier, ApplyError> {
+        let client = db::connect(settings.source_url())
+            .await
+            .map_err(|e| ApplyError::Db {
+                context: "connecting the apply session",
+                message: e.to_string(),
+                sqlstate: None,
+            })?;
+        let origin = settings.origin_name();
+        match client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code().map(|c| c.code()) == Some("55006") => {
+                return Err(ApplyError::Locked {
+                    slot: settings.slot.name.clone(),
+                    detail: db::error_text(&e),
+                });
+            }
+            Err(e) if e.code().map(|c| c.code()) == Some("42704") => {
+                return Err(ApplyError::NoOrigin(origin.to_owned()));
+            }
+            Err(e) => return Err(db_error("binding the replication origin")(e)),
+        }
+        Ok(Applier {
+            client,
+            sql: Sql::new(&settings.target.schema),
+            source_schema: settings.source.schema.clone(),
+            slot: settings.slot.name.clone(),
+            rules: ProductRules::new(
+                &settings.transform.product_rules,
+                settings.transform.case_insensitive,
+            ),
+            delete_mode: settings.sync.delete_mode,
+            on_error: settings.sync.on_error,
+            chunk: Vec::with_capacity(CHUNK_CHANGES),
+            open: false,
+            opened_at: None,
+            txn_changes: 0,
+            parked_in_txn: 0,
+            stats: ApplyStats::default(),
+        })
+    }
+
+    /// The session, for reads that must see the open transaction.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether a target transaction is open.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Changes in the open target transaction.
+    pub fn txn_changes(&self) -> usize {
+        self.txn_changes
+    }
+
+    /// How long the open target transaction has been open.
+    pub fn txn_age(&self) -> std::time::Duration {
+        self.opened_at.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    async fn ensure_open(&mut self) -> Result<(), ApplyError> {
+        if !self.open {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(db_error("opening the target transaction"))?;
+            self.open = true;
+            self.opened_at = Some(Instant::now());
+            self.txn_changes = 0;
+        }
+        Ok(())
+    }
+
+    /// Adds a contact or value change; writes a chunk when it is full.
+    pub async fn push(&mut self, change: Stamped) -> Result<(), ApplyError> {
+        self.ensure_open().await?;
+        self.chunk.push(change);
+        self.txn_changes += 1;
+        self.stats.changes += 1;
+        if self.chunk.len() >= CHUNK_CHANGES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Plans and writes the pending chunk.
+    pub async fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        let ids: Vec<Uuid> = chunk
+            .iter()
+            .map(|s| s.change.contact_id())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let extra_fields: Vec<Uuid> = chunk
+            .iter()
+            .filter_map(|s| match &s.change {
+                Change::UpsertValue(v) => Some(v.field_id),
+                _ => None,
+            })
+            .collect();
+        let prior = self.load_prior(&ids, &extra_fields).await?;
+        let plan = plan_chunk(&prior, &chunk, &self.rules, self.delete_mode);
+        self.chunk = chunk;
+        self.chunk.clear();
+        self.execute(plan).await
+    }
+
+    /// Reads the state of `ids` as of the open transaction.
+    async fn load_prior(&self, ids: &[Uuid], extra_fields: &[Uuid]) -> Result<Prior, ApplyError> {
+        // Three reads pipelined on the one session.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let (contacts, values, dirty) = tokio::try_join!(
+            self.client.query(&self.sql.select_mirror_contacts, &params),
+            self.client.query(&self.sql.select_mirror_values, &params),
+            self.client.query(
+                "SELECT DISTINCT contact_id FROM leadsync.dead_letters
+                 WHERE status = 'pending' AND contact_id = ANY($1::uuid[])",
+                &params,
+            ),
+        )
+        .map_err(db_error("reading leadsync's state"))?;
+        let mut prior = Prior::default();
+        for row in &contacts {
+            let c = contact_from_row(row);
+            prior.contacts.insert(c.id, c);
+        }
+        let mut fields: HashSet<Uuid> = extra_fields.iter().copied().collect();
+        for row in &values {
+            let v = value_from_row(row);
+            fields.insert(v.field_id);
+            prior
+                .values
+                .entry(v.contact_id)
+                .or_default()
+                .insert(v.field_id, v);
+        }
+        prior.dirty = dirty.iter().map(|r| r.get(0)).collect();
+        prior.contexts = self
+            .contexts(&fields.into_iter().collect::<Vec<_>>())
+            .await?;
+        Ok(prior)
+    }
+
+    /// The contexts of `fields` from the mirror; a field the mirror does not know yet is
+    /// read from `custom_fields` and remembered.
+    async fn contexts(&self, fields: &[Uuid]) -> Result<HashMap<Uuid, FieldContext>, ApplyError> {
+        if fields.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT id, context_type FROM leadsync.fields WHERE id = ANY($1::uuid[])",
+                &[&fields],
+            )
+            .await
+            .map_err(db_error("reading field contexts"))?;
+        let mut out: HashMap<Uuid, FieldContext> = rows
+            .iter()
+            .map(|r| {
+                let ctx: Option<String> = r.get(1);
+                (r.get(0), FieldContext::from_column(ctx.as_deref()))
+            })
+            .collect();
+        let missing: Vec<Uuid> = fields
+            .iter()
+            .filter(|f| !out.contains_key(f))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let rows = self
+                .client
+                .query(
+                    &format!(
+                        "INSERT INTO leadsync.fields (id, context_type)
+                         SELECT id, context_type::text FROM {}.custom_fields
+                          WHERE id = ANY($1::uuid[])
+                         ON CONFLICT (id) DO NOTHING
+                         RETURNING id, context_type",
+                        db::quote_ident(&self.source_schema)
+                    ),
+                    &[&missing],
+                )
+                .await
+                .map_err(db_error("reading field contexts from custom_fields"))?;
+            for r in rows {
+                let ctx: Option<String> = r.get(1);
+                out.insert(r.get(0), FieldContext::from_column(ctx.as_deref()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a plan: state first, then the target, isolating rows the target rejects.
+    async fn execute(&mut self, plan: Plan) -> Result<(), ApplyError> {
+        write::mirror(&self.client, &self.sql, &plan).await?;
+        for dead in &plan.dead_letters {
+            self.dead_letter(dead, None).await?;
+        }
+        if plan.writes.is_empty() {
+            return Ok(());
+        }
+        self.savepoint("SAVEPOINT leadsync_chunk").await?;
+        let mut resolved: Vec<Uuid> = Vec::new();
+        match write::contacts(&self.client, &self.sql, &plan.writes).await {
+            Ok(()) => {
+                self.savepoint("RELEASE SAVEPOINT leadsync_chunk").await?;
+                resolved.extend(
+                    plan.writes
+                        .iter()
+                        .filter(|w| w.resolves_dead_letters)
+                        .map(|w| w.contact_id),
+                );
+            }
+            Err(e) if e.kind() == ErrorKind::BadRow => {
+                // Some row in the chunk does not fit: redo it contact by contact, parking
+                // the ones the target rejects.
+                self.savepoint("ROLLBACK TO SAVEPOINT leadsync_chunk")
+                    .await?;
+                for writes in &plan.writes {
+                    self.savepoint("SAVEPOINT leadsync_contact").await?;
+                    match write::contacts(&self.client, &self.sql, std::slice::from_ref(writes))
+                        .await
+                    {
+                        Ok(()) => {
+                            self.savepoint("RELEASE SAVEPOINT leadsync_contact").await?;
+                            if writes.resolves_dead_letters {
+                                resolved.push(writes.contact_id);
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::BadRow => {
+                            self.savepoint("ROLLBACK TO SAVEPOINT leadsync_contact")
+                                .await?;
+                            let (message, sqlstate) = match &e {
+                                ApplyError::Db {
+                                    message, sqlstate, ..
+                                } => (message.clone(), sqlstate.clone()),
+                                other => (other.to_string(), None),
+                            };
+                            let dead = DeadLetter {
+                                contact_id: Some(writes.contact_id),
+                                lsn: writes.lsn,
+                                source_table: "contacts",
+                                operation: "upsert",
+                                key: serde_json::json!({ "id": writes.contact_id }),
+                                payload: serde_json::json!({ "contact": writes.source }),
+                                error: format!(
+                                    "contact {} at {}: the target rejected it: {message}",
+                                    writes.contact_id, writes.lsn
+                                ),
+                            };
+                            self.dead_letter(&dead, sqlstate).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.savepoint("RELEASE SAVEPOINT leadsync_chunk").await?;
+            }
+            Err(e) => return Err(e),
+        }
+        if !resolved.is_empty() {
+            // The key's current state is now in the target: its parked changes are done.
+            self.client
+                .execute(
+                    "UPDATE leadsync.dead_letters SET status = 'replayed', resolved_at = now()
+                     WHERE status = 'pending' AND contact_id = ANY($1::uuid[])",
+                    &[&resolved],
+                )
+                .await
+                .map_err(db_error("resolving dead letters"))?;
+        }
+        Ok(())
+    }
+
+    async fn savepoint(&self, statement: &str) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute(statement)
+            .await
+            .map_err(db_error("managing a savepoint"))
+    }
+
+    /// Parks a change that could not even be read (a value leadsync cannot carry), in the
+    /// open transaction.
+    pub async fn park(&mut self, dead: &DeadLetter) -> Result<(), ApplyError> {
+        self.ensure_open().await?;
+        self.txn_changes += 1;
+        self.dead_letter(dead, None).await
+    }
+
+    /// Records a dead letter, or stops when the configuration says so. A contact keeps one
+    /// pending dead letter, holding its latest rejected state: replaying it re-projects the
+    /// contact's current state anyway, never an older payload.
+    async fn dead_letter(
+        &mut self,
+        dead: &DeadLetter,
+        sqlstate: Option<String>,
+    ) -> Result<(), ApplyError> {
+        if self.on_error == OnError::Stop {
+            return Err(ApplyError::Stopped(dead.error.clone()));
+        }
+        if self.parked_in_txn == 0 {
+            tracing::warn!(
+                contact_id = ?dead.contact_id,
+                lsn = %dead.lsn,
+                error = %dead.error,
+                "change parked in leadsync.dead_letters (further ones in this transaction are counted, not logged)"
+            );
+        }
+        self.parked_in_txn += 1;
+        self.stats.dead_letters += 1;
+        let lsn = dead.lsn.to_string();
+        let updated = match dead.contact_id {
+            Some(contact_id) => self
+                .client
+                .execute(
+                    "UPDATE leadsync.dead_letters
+                        SET lsn = $2::text::pg_lsn, operation = $3, payload = $4, error = $5,
+                            sqlstate = $6, created_at = now()
+                      WHERE status = 'pending' AND contact_id = $1",
+                    &[
+                        &contact_id,
+                        &lsn,
+                        &dead.operation,
+                        &dead.payload,
+                        &dead.error,
+                        &sqlstate,
+                    ],
+                )
+                .await
+                .map_err(db_error("recording a dead letter"))?,
+            None => 0,
+        };
+        if updated == 0 {
+            self.client
+                .execute(
+                    "INSERT INTO leadsync.dead_letters
+                       (slot_name, lsn, source_table, operation, contact_id, key, payload, error, sqlstate)
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &self.slot,
+                        &lsn,
+                        &dead.source_table,
+                        &dead.operation,
+                        &dead.contact_id,
+                        &dead.key,
+                        &dead.payload,
+                        &dead.error,
+                        &sqlstate,
+                    ],
+                )
+                .await
+                .map_err(db_error("recording a dead letter"))?;
+        }
+        Ok(())
+    }
+
+    /// A custom field was inserted or updated: remember its context, and when the context
+    /// changed move every value of the field to its new table.
+    pub async fn field_upsert(
+        &mut self,
+        id: Uuid,
+        context: Option<String>,
+    ) -> Result<(), ApplyError> {
+        self.flush().await?;
+        self.ensure_open().await?;
+        self.txn_changes += 1;
+        let before: Option<Option<String>> = self
+            .client
+            .query_opt(
+                "SELECT context_type FROM leadsync.fields WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_error("reading a field context"))?
+            .map(|r| r.get(0));
+        self.client
+            .execute(
+                "INSERT INTO leadsync.fields (id, context_type) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET context_type = EXCLUDED.context_type",
+                &[&id, &context],
+            )
+            .await
+            .map_err(db_error("recording a field context"))?;
+        let old = FieldContext::from_column(before.flatten().as_deref());
+        let new = FieldContext::from_column(context.as_deref());
+        if old != new {
+            self.reroute_field(id, &old, &new).await?;
+        }
+        Ok(())
+    }
+
+    /// A custom field was deleted. Its values go with it (the legacy cascade deletes them
+    /// and those deletes follow in the stream; the target's own foreign keys cascade too).
+    pub async fn field_delete(&mut self, id: Uuid) -> Result<(), ApplyError> {
+        self.flush().await?;
+        self.ensure_open().await?;
+        self.txn_changes += 1;
+        self.client
+            .execute("DELETE FROM leadsync.fields WHERE id = $1", &[&id])
+            .await
+            .map_err(db_error("forgetting a field"))?;
+        Ok(())
+    }
+
+    /// Moves every value of `field` from where `old` put it to where `new` puts it.
+    async fn reroute_field(
+        &mut self,
+        field: Uuid,
+        old: &FieldContext,
+        new: &FieldContext,
+    ) -> Result<(), ApplyError> {
+        let mut after = Uuid::nil();
+        loop {
+            let ids: Vec<Uuid> = self
+                .client
+                .query(
+                    "SELECT contact_id FROM leadsync.field_values
+                     WHERE field_id = $1 AND contact_id > $2 ORDER BY contact_id LIMIT $3",
+                    &[&field, &after, &PAGE],
+                )
+                .await
+                .map_err(db_error("listing a field's values"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let Some(last) = ids.last() else {
+                return Ok(());
+            };
+            after = *last;
+            let prior = self.load_prior(&ids, &[]).await?;
+            let writes = crate::project::plan::plan_reroute(&prior, field, old, new, &self.rules);
+            let plan = Plan {
+                writes,
+                ..Plan::default()
+            };
+            self.execute(plan).await?;
+        }
+    }
+
+    /// `TRUNCATE` of legacy tables: every contact (or value) in leadsync's state leaves.
+    pub async fn truncate(
+        &mut self,
+        tables: &[SourceTable],
+        commit_time: NaiveDateTime,
+        lsn: Lsn,
+    ) -> Result<(), ApplyError> {
+        self.flush().await?;
+        self.ensure_open().await?;
+        self.txn_changes += 1;
+        let contacts = tables.contains(&SourceTable::Contacts);
+        let values = contacts || tables.contains(&SourceTable::ContactCustomFields);
+        if tables.contains(&SourceTable::CustomFields) {
+            // TRUNCATE custom_fields had to cascade to the value tables, target ones too.
+            self.client
+                .batch_execute("DELETE FROM leadsync.fields")
+                .await
+                .map_err(db_error("forgetting truncated fields"))?;
+        }
+        if !values {
+            return Ok(());
+        }
+        let (table, column) = if contacts {
+            ("leadsync.contacts", "id")
+        } else {
+            ("leadsync.field_values", "contact_id")
+        };
+        let mut after = Uuid::nil();
+        loop {
+            let ids: Vec<Uuid> = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT DISTINCT {column} FROM {table} WHERE {column} > $1
+                         ORDER BY {column} LIMIT $2"
+                    ),
+                    &[&after, &PAGE],
+                )
+                .await
+                .map_err(db_error("listing truncated rows"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let Some(last) = ids.last() else {
+                return Ok(());
+            };
+            after = *last;
+            let prior = self.load_prior(&ids, &[]).await?;
+            let mut changes = Vec::new();
+            for id in &ids {
+                for field in prior.values.get(id).into_iter().flat_map(|v| v.keys()) {
+                    changes.push(Stamped {
+                        change: Change::DeleteValue {
+                            contact_id: *id,
+                            field_id: *field,
+                        },
+                        commit_time,
+                        lsn,
+                    });
+                }
+                if contacts && prior.contacts.contains_key(id) {
+                    changes.push(Stamped {
+                        change: Change::DeleteContact(*id),
+                        commit_time,
+                        lsn,
+                    });
+                }
+            }
+            let plan = plan_chunk(&prior, &changes, &self.rules, self.delete_mode);
+            self.execute(plan).await?;
+        }
+    }
+
+    /// Commits the open transaction with the checkpoint `lsn` (the end of the last source
+    /// transaction in it). Without an open transaction there is nothing to do.
+    pub async fn commit(&mut self, lsn: Lsn, commit_time: NaiveDateTime) -> Result<(), ApplyError> {
+        self.flush().await?;
+        if !self.open {
+            return Ok(());
+        }
+        let at = commit_time.and_utc();
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+                &[&lsn.to_string(), &at],
+            )
+            .await
+            .map_err(db_error("setting the checkpoint"))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(db_error("committing"))?;
+        if self.parked_in_txn > 1 {
+            tracing::warn!(
+                count = self.parked_in_txn,
+                %lsn,
+                "changes parked in leadsync.dead_letters in this transaction"
+            );
+        }
+        self.parked_in_txn = 0;
+        self.open = false;
+        self.opened_at = None;
+        self.stats.transactions += 1;
+        Ok(())
+    }
+
+    /// Abandons the open transaction (a replay from the checkpoint redoes it). Clears the
+    /// origin's transaction LSN so that it cannot attach itself to a later commit.
+    pub async fn rollback(&mut self) -> Result<(), ApplyError> {
+        self.chunk.clear();
+        self.parked_in_txn = 0;
+        if self.open {
+            self.open = false;
+            self.opened_at = None;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(db_error("rolling back"))?;
+        }
+        self.client
+            .batch_execute("SELECT pg_replication_origin_xact_reset()")
+            .await
+            .map_err(db_error("resetting the origin"))?;
+        Ok(())
+    }
+
+    /// The checkpoint: the origin's committed LSN (`0/0` before the first commit).
+    pub async fn checkpoint(&self) -> Result<Lsn, ApplyError> {
+        let lsn: Option<String> = self
+            .client
+            .query_one(
+                "SELECT pg_replication_origin_session_progress(true)::text",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the checkpoint"))?
+            .get(0);
+        Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO))
+    }
+
+    /// Records the migration phase (`backfill`, `streaming`) in the open transaction.
+    pub async fn set_phase(&mut self, phase: &str) -> Result<(), ApplyError> {
+        self.ensure_open().await?;
+        self.client
+            .execute(
+                "UPDATE leadsync.sync_state SET phase = $2, updated_at = now(),
+                   backfill_finished_at = CASE WHEN $2 = 'streaming' THEN now()
+                                               ELSE backfill_finished_at END
+                 WHERE slot_name = $1",
+                &[&self.slot, &phase],
+            )
+            .await
+            .map_err(db_error("recording the phase"))?;
+        Ok(())
+    }
+}
+
+/// A mirror row as a [`Contact`]; columns in [`sql::MIRROR_CONTACT_COLUMNS`] order.
+pub fn contact_from_row(row: &Row) -> Contact {
+    Contact {
+        id: row.get(0),
+        workspace_id: row.get(1),
+        firstname: row.get(2),
+        lastname: row.get(3),
+        email: row.get(4),
+        phone_number: row.get(5),
+        st_address: row.get(6),
+        city: row.get(7),
+        state: row.get(8),
+        zip: row.get(9),
+        lead_status: row.get(10),
+        lead_source: row.get(11),
+        tags: row.get(12),
+        appointment_status_id: row.get(13),
+        appointment_result_id: row.get(14),
+        appointment_date: row.get(15),
+        priority: row.get(16),
+        created_at: row.get(17),
+        updated_at: row.get(18),
+        created_by: row.get(19),
+    }
+}
+
+/// A `(contact_id, field_id, value::text, created_at, updated_at, created_by)` row.
+pub fn value_from_row(row: &Row) -> FieldValue {
+    FieldValue {
+        contact_id: row.get(0),
+        field_id: row.get(1),
+        value: row.get(2),
+        created_at: row.get(3),
+        updated_at: row.get(4),
+        created_by: row.get(5),
+    }
+}

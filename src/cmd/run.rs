@@ -1,0 +1,499 @@
+//! `leadsync run`: the daemon. The first run creates the slot with an exported snapshot,
+//! loads every existing legacy row from that snapshot and commits it with the checkpoint at
+//! the slot's start; every run then streams from the checkpoint.
+//!
+//! The stream loop keeps one rule: the processed LSN (what the slot is acknowledged up to)
+//! only moves past a source transaction once its writes have committed, or when nothing is
+//! in flight and the server's keepalive says the WAL ends further on. Connection losses
+//! reconnect with backoff and resume from the checkpoint.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures_util::FutureExt;
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio_postgres::Client;
+
+use crate::Lsn;
+use crate::apply::{Applier, ApplyError};
+use crate::config::Settings;
+use crate::control::Shutdown;
+use crate::db::{self, quote_ident};
+use crate::decode::{DecodeError, LogicalMessage, decode_message};
+use crate::error::ErrorKind;
+use crate::project::change::{Change, ContactImage, Stamped};
+use crate::project::plan::DeadLetter;
+use crate::source::convert::{ConvertError, Converter, SourceEvent};
+use crate::source::{self, SourceError, query_error};
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that ran this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// Rows fetched per round trip while reading the snapshot.
+const SNAPSHOT_FETCH: usize = 5_000;
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("malformed replication message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Convert(ConvertError),
+    #[error("{0}")]
+    NotSetUp(String),
+    #[error("the replication stream ended unexpectedly")]
+    StreamEnded,
+}
+
+impl RunError {
+    /// What the daemon does about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RunError::Apply(e) => match e.kind() {
+                // A bad row that escaped the per-row isolation is not retryable as is.
+                ErrorKind::BadRow => ErrorKind::Fatal,
+                kind => kind,
+            },
+            RunError::Source(e) => e.kind(),
+            RunError::StreamEnded => ErrorKind::Transient,
+            RunError::Decode(_) | RunError::Convert(_) | RunError::NotSetUp(_) => ErrorKind::Fatal,
+        }
+    }
+}
+
+/// Runs the daemon until shutdown or a fatal error.
+pub async fn run(settings: &Settings, mut shutdown: Shutdown) -> Result<(), RunError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        match session(settings, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Transient => {
+                if started.elapsed() > HEALTHY_SESSION {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connected session: (first load,) then stream until shutdown or error.
+async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), RunError> {
+    let mut applier = Applier::connect(settings).await?;
+    let phase = read_phase(applier.client(), &settings.slot.name).await?;
+    let slot = source::slot_status(applier.client(), &settings.slot.name).await?;
+    if slot.wal_status.as_deref() == Some("lost") {
+        return Err(SourceError::SlotInvalidated {
+            slot: settings.slot.name.clone(),
+        }
+        .into());
+    }
+    let client = match (phase.as_str(), slot.exists) {
+        ("streaming", true) => {
+            let start = applier.checkpoint().await?;
+            tracing::info!(slot = %settings.slot.name, checkpoint = %start, "resuming the stream");
+            let mut client = source::open_stream(settings, start).await?;
+            client.wait_started().await.map_err(SourceError::from)?;
+            client
+        }
+        ("streaming", false) => {
+            return Err(SourceError::SlotLost {
+                slot: settings.slot.name.clone(),
+            }
+            .into());
+        }
+        (_, exists) => {
+            if exists {
+                // A first load that did not finish: its snapshot died with it.
+                tracing::warn!(slot = %settings.slot.name, "an unfinished first load left its slot behind; starting the load again");
+                source::drop_slot(applier.client(), &settings.slot.name).await?;
+            }
+            first_load(settings, &mut applier, shutdown).await?
+        }
+    };
+    let mut stream = Stream {
+        settings,
+        applier,
+        client,
+        converter: Converter::new(&settings.source.schema, &settings.target.schema),
+        processed: Lsn::ZERO,
+        txn: None,
+        pending: None,
+        peeked: None,
+    };
+    let result = stream.run(shutdown).await;
+    if result.is_err() {
+        let _ = stream.applier.rollback().await;
+    }
+    stream.client.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.client.shutdown()).await;
+    result
+}
+
+async fn read_phase(client: &Client, slot: &str) -> Result<String, RunError> {
+    let not_set_up = || {
+        RunError::NotSetUp(format!(
+            "leadsync's state for slot `{slot}` is missing: run `leadsync setup` first"
+        ))
+    };
+    let row = client
+        .query_opt(
+            "SELECT phase FROM leadsync.sync_state WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| match e.code().map(|c| c.code()) {
+            Some("42P01") | Some("3F000") => not_set_up(),
+            _ => query_error("reading leadsync's state")(e).into(),
+        })?;
+    row.map(|r| r.get(0)).ok_or_else(not_set_up)
+}
+
+/// First run: slot + snapshot, every legacy row projected, committed with the checkpoint at
+/// the slot's consistent point. Returns the gated session, started.
+async fn first_load(
+    settings: &Settings,
+    applier: &mut Applier,
+    shutdown: &Shutdown,
+) -> Result<ReplicationClient, RunError> {
+    applier
+        .client()
+        .execute(
+            "UPDATE leadsync.sync_state SET phase = 'backfill', backfill_started_at = now(),
+                    updated_at = now() WHERE slot_name = $1",
+            &[&settings.slot.name],
+        )
+        .await
+        .map_err(query_error("recording the phase"))?;
+    let created = source::create_slot(settings).await?;
+    tracing::info!(
+        slot = %settings.slot.name,
+        consistent_point = %created.consistent_point,
+        "slot created; loading existing rows from its snapshot"
+    );
+    let snapshot = db::connect(settings.source_url())
+        .await
+        .map_err(|e| SourceError::Stream(e.to_string()))?;
+    snapshot
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            db::quote_literal(&created.snapshot)
+        ))
+        .await
+        .map_err(query_error("importing the slot's snapshot"))?;
+    let started = Instant::now();
+    let rows = load_snapshot(
+        settings,
+        &snapshot,
+        applier,
+        created.consistent_point,
+        shutdown,
+    )
+    .await?;
+    applier.set_phase("streaming").await?;
+    applier
+        .commit(created.consistent_point, Utc::now().naive_utc())
+        .await?;
+    let _ = snapshot.batch_execute("COMMIT").await;
+    tracing::info!(
+        rows,
+        seconds = started.elapsed().as_secs_f64(),
+        "first load committed; streaming"
+    );
+    let mut client = created.client;
+    client.start().await.map_err(SourceError::from)?;
+    client.wait_started().await.map_err(SourceError::from)?;
+    Ok(client)
+}
+
+/// Reads fields, contacts and values inside the snapshot and feeds them to the applier.
+async fn load_snapshot(
+    settings: &Settings,
+    snapshot: &Client,
+    applier: &mut Applier,
+    lsn: Lsn,
+    shutdown: &Shutdown,
+) -> Result<u64, RunError> {
+    let s = quote_ident(&settings.source.schema);
+    let now = Utc::now().naive_utc();
+    let fields = snapshot
+        .query(
+            &format!("SELECT id, context_type::text FROM {s}.custom_fields"),
+            &[],
+        )
+        .await
+        .map_err(query_error("reading custom_fields"))?;
+    for row in &fields {
+        applier.field_upsert(row.get(0), row.get(1)).await?;
+    }
+    let mut rows = fields.len() as u64;
+    let cursors = [
+        (
+            "leadsync_contacts",
+            format!(
+                "SELECT id::uuid, workspace_id::uuid, firstname::text, lastname::text, email::text,
+                        phone_number::text, st_address::text, city::text, state::text, zip::text,
+                        lead_status::text, lead_source::text, tags::text,
+                        appointment_status_id::int4, appointment_result_id::int4,
+                        appointment_date::timestamp, priority::int4, created_at::timestamp,
+                        updated_at::timestamp, created_by::uuid
+                 FROM {s}.contacts"
+            ),
+        ),
+        (
+            "leadsync_values",
+            format!(
+                "SELECT contact_id::uuid, field_id::uuid, value::text, created_at::timestamp,
+                        updated_at::timestamp, created_by::uuid
+                 FROM {s}.contact_custom_fields"
+            ),
+        ),
+    ];
+    let mut last_log = Instant::now();
+    for (cursor, query) in cursors {
+        snapshot
+            .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR {query}"))
+            .await
+            .map_err(query_error("reading the snapshot"))?;
+        loop {
+            if *shutdown.borrow() {
+                return Err(RunError::NotSetUp(
+                    "stopped during the first load; the next run starts it again".into(),
+                ));
+            }
+            let batch = snapshot
+                .query(&format!("FETCH {SNAPSHOT_FETCH} FROM {cursor}"), &[])
+                .await
+                .map_err(query_error("reading the snapshot"))?;
+            if batch.is_empty() {
+                break;
+            }
+            for row in &batch {
+                let change = if cursor == "leadsync_contacts" {
+                    Change::UpsertContact(ContactImage::complete(crate::apply::contact_from_row(
+                        row,
+                    )))
+                } else {
+                    Change::UpsertValue(crate::apply::value_from_row(row))
+                };
+                applier
+                    .push(Stamped {
+                        change,
+                        commit_time: now,
+                        lsn,
+                    })
+                    .await?;
+            }
+            rows += batch.len() as u64;
+            if last_log.elapsed() > Duration::from_secs(10) {
+                tracing::info!(rows, "first load in progress");
+                last_log = Instant::now();
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The source transaction being received.
+struct SourceTxn {
+    commit_time: NaiveDateTime,
+}
+
+/// The stream loop's state.
+struct Stream<'a> {
+    settings: &'a Settings,
+    applier: Applier,
+    client: ReplicationClient,
+    converter: Converter,
+    /// Every change up to here is committed on the target or needed no write.
+    processed: Lsn,
+    /// The source transaction between its Begin and Commit.
+    txn: Option<SourceTxn>,
+    /// The last whole source transaction inside the open target transaction: the
+    /// checkpoint its commit will carry.
+    pending: Option<(Lsn, NaiveDateTime)>,
+    peeked: Option<pgwire_replication::Result<Option<ReplicationEvent>>>,
+}
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01.
+fn pg_time(micros: i64) -> NaiveDateTime {
+    const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+    DateTime::from_timestamp_micros(micros + PG_EPOCH_OFFSET_SECS * 1_000_000)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+impl Stream<'_> {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> Result<(), RunError> {
+        loop {
+            if *shutdown.borrow() && self.txn.is_none() {
+                self.commit_pending().await?;
+                return Ok(());
+            }
+            let event = match self.peeked.take() {
+                Some(event) => event,
+                None if self.pending.is_some() && self.txn.is_none() => {
+                    // Group only what has already arrived: commit rather than wait.
+                    match self.client.recv().now_or_never() {
+                        Some(event) => event,
+                        None => {
+                            self.commit_pending().await?;
+                            continue;
+                        }
+                    }
+                }
+                None => tokio::select! {
+                    event = self.client.recv() => event,
+                    _ = shutdown.changed() => continue,
+                },
+            };
+            let Some(event) = event.map_err(SourceError::from)? else {
+                return Err(RunError::StreamEnded);
+            };
+            if *shutdown.borrow() && self.txn.is_some() {
+                // Stopping in the middle of a source transaction: drop it, the next run
+                // receives it again from the checkpoint.
+                self.applier.rollback().await?;
+                self.txn = None;
+                self.pending = None;
+                return Ok(());
+            }
+            self.handle(event).await?;
+        }
+    }
+
+    async fn handle(&mut self, event: ReplicationEvent) -> Result<(), RunError> {
+        match event {
+            ReplicationEvent::Begin {
+                commit_time_micros, ..
+            } => {
+                self.txn = Some(SourceTxn {
+                    commit_time: pg_time(commit_time_micros),
+                });
+            }
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let message = decode_message(&data)?;
+                self.on_message(&message, Lsn::from(wal_start)).await?;
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.txn = None;
+                let end = Lsn::from(end_lsn);
+                if self.applier.is_open() {
+                    self.pending = Some((end, pg_time(commit_time_micros)));
+                    let sync = &self.settings.sync;
+                    if self.applier.txn_changes() >= sync.max_batch_changes
+                        || self.applier.txn_age() >= Duration::from_millis(sync.max_batch_delay_ms)
+                    {
+                        self.commit_pending().await?;
+                    } else if let Some(next) = self.client.recv().now_or_never() {
+                        self.peeked = Some(next);
+                    } else {
+                        self.commit_pending().await?;
+                    }
+                } else {
+                    // Nothing to write for this transaction.
+                    self.advance(end);
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if self.txn.is_none() && !self.applier.is_open() {
+                    self.advance(Lsn::from(wal_end));
+                }
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: &LogicalMessage, lsn: Lsn) -> Result<(), RunError> {
+        if let LogicalMessage::Relation(relation) = message {
+            return self
+                .converter
+                .observe_relation(relation)
+                .map_err(RunError::Convert);
+        }
+        let commit_time = self
+            .txn
+            .as_ref()
+            .map(|t| t.commit_time)
+            .unwrap_or_else(|| Utc::now().naive_utc());
+        let events = match self.converter.convert(message) {
+            Ok(events) => events,
+            Err(e) if e.is_bad_row() => {
+                self.applier
+                    .park(&DeadLetter {
+                        contact_id: None,
+                        lsn,
+                        source_table: self
+                            .converter
+                            .table_of(message.relation_id().unwrap_or_default())
+                            .map_or("unknown", |t| t.name()),
+                        operation: message.kind(),
+                        key: serde_json::Value::Null,
+                        payload: serde_json::json!({ "message": format!("{message:?}") }),
+                        error: format!("change at {lsn} cannot be read: {e}"),
+                    })
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(RunError::Convert(e)),
+        };
+        for event in events {
+            match event {
+                SourceEvent::Change(change) => {
+                    self.applier
+                        .push(Stamped {
+                            change,
+                            commit_time,
+                            lsn,
+                        })
+                        .await?;
+                }
+                SourceEvent::FieldUpsert { id, context } => {
+                    self.applier.field_upsert(id, context).await?;
+                }
+                SourceEvent::FieldDelete { id } => self.applier.field_delete(id).await?,
+                SourceEvent::Truncate(tables) => {
+                    self.applier.truncate(&tables, commit_time, lsn).await?;
+                }
+                SourceEvent::Customer => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the open target transaction with the checkpoint of its last source
+    /// transaction, then acknowledges it.
+    async fn commit_pending(&mut self) -> Result<(), RunError> {
+        if let Some((lsn, time)) = self.pending.take() {
+            self.applier.commit(lsn, time).await?;
+            self.advance(lsn);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, lsn: Lsn) {
+        if lsn > self.processed {
+            self.processed = lsn;
+            self.client.update_applied_lsn(lsn.into());
+        }
+    }
+}

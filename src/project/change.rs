@@ -1,0 +1,193 @@
+//! Legacy row changes in domain terms, as both the backfill and the replication stream
+//! produce them.
+//!
+//! pgoutput leaves out a TOASTed column that an UPDATE did not change (it sends `u`, "unchanged",
+//! instead of the value). A [`ContactImage`] records which columns came that way; the planner
+//! fills them in from the state leadsync keeps, so a derived column such as `productid` comes
+//! out right even when `tags` did not travel with the change.
+
+use chrono::NaiveDateTime;
+use uuid::Uuid;
+
+use super::{Contact, FieldValue};
+use crate::Lsn;
+
+/// The `contacts` text columns PostgreSQL may store out of line, and so may report as
+/// unchanged. Fixed-width columns (ids, integers, timestamps) are never TOASTed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ToastableColumn {
+    Firstname,
+    Lastname,
+    Email,
+    PhoneNumber,
+    StAddress,
+    City,
+    State,
+    Zip,
+    LeadStatus,
+    LeadSource,
+    Tags,
+}
+
+impl ToastableColumn {
+    /// Every toastable column.
+    pub const ALL: [ToastableColumn; 11] = [
+        ToastableColumn::Firstname,
+        ToastableColumn::Lastname,
+        ToastableColumn::Email,
+        ToastableColumn::PhoneNumber,
+        ToastableColumn::StAddress,
+        ToastableColumn::City,
+        ToastableColumn::State,
+        ToastableColumn::Zip,
+        ToastableColumn::LeadStatus,
+        ToastableColumn::LeadSource,
+        ToastableColumn::Tags,
+    ];
+
+    /// The legacy column name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ToastableColumn::Firstname => "firstname",
+            ToastableColumn::Lastname => "lastname",
+            ToastableColumn::Email => "email",
+            ToastableColumn::PhoneNumber => "phone_number",
+            ToastableColumn::StAddress => "st_address",
+            ToastableColumn::City => "city",
+            ToastableColumn::State => "state",
+            ToastableColumn::Zip => "zip",
+            ToastableColumn::LeadStatus => "lead_status",
+            ToastableColumn::LeadSource => "lead_source",
+            ToastableColumn::Tags => "tags",
+        }
+    }
+
+    /// The column by its legacy name.
+    pub fn from_name(name: &str) -> Option<ToastableColumn> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// The column's value in a contact.
+    pub fn value_mut(self, c: &mut Contact) -> &mut Option<String> {
+        match self {
+            ToastableColumn::Firstname => &mut c.firstname,
+            ToastableColumn::Lastname => &mut c.lastname,
+            ToastableColumn::Email => &mut c.email,
+            ToastableColumn::PhoneNumber => &mut c.phone_number,
+            ToastableColumn::StAddress => &mut c.st_address,
+            ToastableColumn::City => &mut c.city,
+            ToastableColumn::State => &mut c.state,
+            ToastableColumn::Zip => &mut c.zip,
+            ToastableColumn::LeadStatus => &mut c.lead_status,
+            ToastableColumn::LeadSource => &mut c.lead_source,
+            ToastableColumn::Tags => &mut c.tags,
+        }
+    }
+}
+
+/// A set of [`ToastableColumn`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unchanged(u16);
+
+impl Unchanged {
+    /// No column unchanged: a complete row.
+    pub const NONE: Unchanged = Unchanged(0);
+
+    /// Adds a column.
+    pub fn insert(&mut self, column: ToastableColumn) {
+        self.0 |= column.bit();
+    }
+
+    /// Whether `column` is in the set.
+    pub fn contains(self, column: ToastableColumn) -> bool {
+        self.0 & column.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The columns in the set.
+    pub fn iter(self) -> impl Iterator<Item = ToastableColumn> {
+        ToastableColumn::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+}
+
+/// A contact row as a change carried it: columns in `unchanged` hold no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactImage {
+    pub contact: Contact,
+    pub unchanged: Unchanged,
+}
+
+impl ContactImage {
+    /// A complete row.
+    pub fn complete(contact: Contact) -> ContactImage {
+        ContactImage {
+            contact,
+            unchanged: Unchanged::NONE,
+        }
+    }
+
+    /// The full row: unchanged columns taken from `prior` (the row before this change).
+    /// Without a prior row, the columns that cannot be filled in are returned as the error.
+    pub fn resolve(self, prior: Option<&Contact>) -> Result<Contact, Unchanged> {
+        if self.unchanged.is_empty() {
+            return Ok(self.contact);
+        }
+        let Some(prior) = prior else {
+            return Err(self.unchanged);
+        };
+        let mut contact = self.contact;
+        let mut prior = prior.clone();
+        for column in self.unchanged.iter() {
+            *column.value_mut(&mut contact) = column.value_mut(&mut prior).take();
+        }
+        Ok(contact)
+    }
+}
+
+/// One change of a legacy contact or custom-field value.
+// Most changes are contact upserts, so boxing the large variant would cost an allocation
+// per change for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A contact inserted or updated (its new row).
+    UpsertContact(ContactImage),
+    /// A contact deleted.
+    DeleteContact(Uuid),
+    /// A `contact_custom_fields` row inserted or updated.
+    UpsertValue(FieldValue),
+    /// A `contact_custom_fields` row deleted.
+    DeleteValue { contact_id: Uuid, field_id: Uuid },
+}
+
+impl Change {
+    /// The contact the change concerns.
+    pub fn contact_id(&self) -> Uuid {
+        match self {
+            Change::UpsertContact(image) => image.contact.id,
+            Change::DeleteContact(id) => *id,
+            Change::UpsertValue(v) => v.contact_id,
+            Change::DeleteValue { contact_id, .. } => *contact_id,
+        }
+    }
+}
+
+/// A change with where and when its source transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub change: Change,
+    /// Commit time of the source transaction, UTC: becomes `deleted_at` of rows it removes.
+    pub commit_time: NaiveDateTime,
+    /// Position of the change (or of its transaction's commit) in the source WAL.
+    pub lsn: Lsn,
+}

@@ -1,0 +1,409 @@
+//! From decoded pgoutput messages to domain changes. Pure.
+//!
+//! Each Relation message of a published table becomes a [`Layout`]: where each column the
+//! projection reads sits in the row. Columns the projection does not read are ignored, so a
+//! legacy column added or dropped mid-stream changes nothing; a projected column that
+//! disappears is an error the daemon stops on ([`ConvertError::MissingColumn`]).
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use uuid::Uuid;
+
+use crate::decode::{Datum, LogicalMessage, OldTuple, Relation, Tuple};
+use crate::project::change::{Change, ContactImage, ToastableColumn, Unchanged};
+use crate::project::{Contact, FieldValue};
+
+/// The tables leadsync reads from the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceTable {
+    Contacts,
+    ContactCustomFields,
+    CustomFields,
+    /// The target's `customers`, published for reverse sync.
+    Customers,
+}
+
+impl SourceTable {
+    /// The table's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceTable::Contacts => "contacts",
+            SourceTable::ContactCustomFields => "contact_custom_fields",
+            SourceTable::CustomFields => "custom_fields",
+            SourceTable::Customers => "customers",
+        }
+    }
+}
+
+/// What one row change of a published table means.
+#[allow(clippy::large_enum_variant)] // see `Change`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// A contact or custom-field value changed.
+    Change(Change),
+    /// A custom field was inserted or updated. `context` is the raw `context_type` (`None`
+    /// for NULL, or when the column does not exist yet).
+    FieldUpsert { id: Uuid, context: Option<String> },
+    /// A custom field was deleted.
+    FieldDelete { id: Uuid },
+    /// Tables were truncated.
+    Truncate(Vec<SourceTable>),
+    /// A change of `customers` (for reverse sync).
+    Customer,
+}
+
+/// A change could not be turned into domain terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error(
+        "column {table}.{column} is gone from the stream, but the projection reads it; restore \
+         the column (nothing after this change has been applied), or stop the migration"
+    )]
+    MissingColumn { table: String, column: &'static str },
+    #[error("{table}.{column}: {reason}")]
+    BadValue {
+        table: &'static str,
+        column: &'static str,
+        reason: String,
+    },
+    #[error("change for relation {0} before its Relation message")]
+    UnknownRelation(u32),
+}
+
+impl ConvertError {
+    /// Whether the error concerns one row (a dead letter) rather than the stream.
+    pub fn is_bad_row(&self) -> bool {
+        matches!(self, ConvertError::BadValue { .. })
+    }
+}
+
+/// Column positions of one published table.
+#[derive(Debug, Clone)]
+struct Layout {
+    table: SourceTable,
+    /// Column name → position, for the columns leadsync reads.
+    positions: HashMap<&'static str, usize>,
+}
+
+const CONTACT_COLUMNS: [&str; 20] = [
+    "id",
+    "workspace_id",
+    "firstname",
+    "lastname",
+    "email",
+    "phone_number",
+    "st_address",
+    "city",
+    "state",
+    "zip",
+    "lead_status",
+    "lead_source",
+    "tags",
+    "appointment_status_id",
+    "appointment_result_id",
+    "appointment_date",
+    "priority",
+    "created_at",
+    "updated_at",
+    "created_by",
+];
+
+const VALUE_COLUMNS: [&str; 6] = [
+    "contact_id",
+    "field_id",
+    "value",
+    "created_at",
+    "updated_at",
+    "created_by",
+];
+
+/// Relation layouts and the conversion of row changes.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    source_schema: String,
+    target_schema: String,
+    layouts: HashMap<u32, Layout>,
+}
+
+impl Converter {
+    /// A converter for legacy tables in `source_schema` and `customers` in `target_schema`.
+    pub fn new(source_schema: &str, target_schema: &str) -> Converter {
+        Converter {
+            source_schema: source_schema.to_owned(),
+            target_schema: target_schema.to_owned(),
+            layouts: HashMap::new(),
+        }
+    }
+
+    /// Learns (or re-learns) a table's layout. Fails when a projected column is missing.
+    pub fn observe_relation(&mut self, relation: &Relation) -> Result<(), ConvertError> {
+        let table = match (relation.namespace.as_str(), relation.name.as_str()) {
+            (ns, "contacts") if ns == self.source_schema => SourceTable::Contacts,
+            (ns, "contact_custom_fields") if ns == self.source_schema => {
+                SourceTable::ContactCustomFields
+            }
+            (ns, "custom_fields") if ns == self.source_schema => SourceTable::CustomFields,
+            (ns, "customers") if ns == self.target_schema => SourceTable::Customers,
+            _ => {
+                self.layouts.remove(&relation.id);
+                return Ok(());
+            }
+        };
+        let (required, optional): (&[&'static str], &[&'static str]) = match table {
+            SourceTable::Contacts => (&CONTACT_COLUMNS, &[]),
+            SourceTable::ContactCustomFields => (&VALUE_COLUMNS, &[]),
+            SourceTable::CustomFields => (&["id"], &["context_type"]),
+            SourceTable::Customers => (&["cst_id"], &[]),
+        };
+        let mut positions = HashMap::new();
+        for &column in required {
+            let index =
+                relation
+                    .column_index(column)
+                    .ok_or_else(|| ConvertError::MissingColumn {
+                        table: format!("{}.{}", relation.namespace, relation.name),
+                        column,
+                    })?;
+            positions.insert(column, index);
+        }
+        for &column in optional {
+            if let Some(index) = relation.column_index(column) {
+                positions.insert(column, index);
+            }
+        }
+        self.layouts
+            .insert(relation.id, Layout { table, positions });
+        Ok(())
+    }
+
+    /// The table a relation id stands for, if leadsync reads it.
+    pub fn table_of(&self, relation_id: u32) -> Option<SourceTable> {
+        self.layouts.get(&relation_id).map(|l| l.table)
+    }
+
+    /// Converts one Insert, Update, Delete or Truncate. Other messages and unread tables
+    /// give nothing.
+    pub fn convert(&self, message: &LogicalMessage) -> Result<Vec<SourceEvent>, ConvertError> {
+        match message {
+            LogicalMessage::Insert(insert) => {
+                let Some(layout) = self.layouts.get(&insert.relation_id) else {
+                    return Ok(Vec::new());
+                };
+                Ok(vec![upsert_event(layout, &insert.new)?])
+            }
+            LogicalMessage::Update(update) => {
+                let Some(layout) = self.layouts.get(&update.relation_id) else {
+                    return Ok(Vec::new());
+                };
+                let new = upsert_event(layout, &update.new)?;
+                let mut out = Vec::with_capacity(2);
+                if let Some(old) = &update.old {
+                    let old = match old {
+                        OldTuple::Key(t) | OldTuple::Full(t) => t,
+                    };
+                    let old_key = delete_event(layout, old)?;
+                    if key_of(&old_key) != key_of(&new) {
+                        out.push(old_key);
+                    }
+                }
+                out.push(new);
+                Ok(out)
+            }
+            LogicalMessage::Delete(delete) => {
+                let Some(layout) = self.layouts.get(&delete.relation_id) else {
+                    return Ok(Vec::new());
+                };
+                let old = match &delete.old {
+                    OldTuple::Key(t) | OldTuple::Full(t) => t,
+                };
+                Ok(vec![delete_event(layout, old)?])
+            }
+            LogicalMessage::Truncate(truncate) => {
+                let tables: Vec<SourceTable> = truncate
+                    .relation_ids
+                    .iter()
+                    .filter_map(|id| self.table_of(*id))
+                    .collect();
+                Ok(if tables.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![SourceEvent::Truncate(tables)]
+                })
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The key of an event, to tell a key change from an ordinary update.
+fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
+    match event {
+        SourceEvent::Change(change) => match change {
+            Change::UpsertContact(image) => Some((image.contact.id, None)),
+            Change::DeleteContact(id) => Some((*id, None)),
+            Change::UpsertValue(v) => Some((v.contact_id, Some(v.field_id))),
+            Change::DeleteValue {
+                contact_id,
+                field_id,
+            } => Some((*contact_id, Some(*field_id))),
+        },
+        SourceEvent::FieldUpsert { id, .. } | SourceEvent::FieldDelete { id } => Some((*id, None)),
+        SourceEvent::Truncate(_) | SourceEvent::Customer => None,
+    }
+}
+
+struct Row<'a> {
+    layout: &'a Layout,
+    tuple: &'a Tuple,
+}
+
+impl<'a> Row<'a> {
+    fn datum(&self, column: &'static str) -> Result<&'a Datum, ConvertError> {
+        let index = self.layout.positions[column];
+        self.tuple.0.get(index).ok_or(ConvertError::BadValue {
+            table: self.layout.table.name(),
+            column,
+            reason: format!("the row has {} columns, none at {index}", self.tuple.len()),
+        })
+    }
+
+    fn bad(&self, column: &'static str, reason: impl Into<String>) -> ConvertError {
+        ConvertError::BadValue {
+            table: self.layout.table.name(),
+            column,
+            reason: reason.into(),
+        }
+    }
+
+    /// Text or NULL; an unchanged TOAST value is an error here.
+    fn text(&self, column: &'static str) -> Result<Option<&'a str>, ConvertError> {
+        self.datum(column)?
+            .as_str()
+            .map_err(|e| self.bad(column, e.to_string()))
+    }
+
+    fn required<T>(
+        &self,
+        column: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConvertError> {
+        let text = self
+            .text(column)?
+            .ok_or_else(|| self.bad(column, "is NULL"))?;
+        parse(text).map_err(|reason| self.bad(column, reason))
+    }
+
+    fn optional<T>(
+        &self,
+        column: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConvertError> {
+        self.text(column)?
+            .map(|text| parse(text).map_err(|reason| self.bad(column, reason)))
+            .transpose()
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text).map_err(|e| format!("`{text}` is not a UUID: {e}"))
+}
+
+fn parse_i32(text: &str) -> Result<i32, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a 32-bit integer"))
+}
+
+/// A `timestamp without time zone` in ISO output (`2024-01-02 03:04:05.123456`).
+pub fn parse_timestamp(text: &str) -> Result<NaiveDateTime, String> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| {
+        format!("`{text}` is not a timestamp leadsync can carry (ISO, no era or infinity)")
+    })
+}
+
+fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
+    let row = Row { layout, tuple };
+    match layout.table {
+        SourceTable::Contacts => {
+            let mut unchanged = Unchanged::NONE;
+            let mut text = |column: &'static str| -> Result<Option<String>, ConvertError> {
+                if matches!(row.datum(column)?, Datum::UnchangedToast)
+                    && let Some(toastable) = ToastableColumn::from_name(column)
+                {
+                    unchanged.insert(toastable);
+                    return Ok(None);
+                }
+                Ok(row.text(column)?.map(str::to_owned))
+            };
+            let contact = Contact {
+                id: row.required("id", parse_uuid)?,
+                workspace_id: row.required("workspace_id", parse_uuid)?,
+                firstname: text("firstname")?,
+                lastname: text("lastname")?,
+                email: text("email")?,
+                phone_number: text("phone_number")?,
+                st_address: text("st_address")?,
+                city: text("city")?,
+                state: text("state")?,
+                zip: text("zip")?,
+                lead_status: text("lead_status")?,
+                lead_source: text("lead_source")?,
+                tags: text("tags")?,
+                appointment_status_id: row.optional("appointment_status_id", parse_i32)?,
+                appointment_result_id: row.optional("appointment_result_id", parse_i32)?,
+                appointment_date: row.optional("appointment_date", parse_timestamp)?,
+                priority: row.optional("priority", parse_i32)?,
+                created_at: row.required("created_at", parse_timestamp)?,
+                updated_at: row.required("updated_at", parse_timestamp)?,
+                created_by: row.optional("created_by", parse_uuid)?,
+            };
+            Ok(SourceEvent::Change(Change::UpsertContact(ContactImage {
+                contact,
+                unchanged,
+            })))
+        }
+        SourceTable::ContactCustomFields => {
+            // A jsonb value TOASTed and unchanged: only possible when the key changed
+            // without the value, which the planner sees as delete + insert; refuse rather
+            // than guess.
+            let value = row.text("value")?.map(str::to_owned);
+            Ok(SourceEvent::Change(Change::UpsertValue(FieldValue {
+                contact_id: row.required("contact_id", parse_uuid)?,
+                field_id: row.required("field_id", parse_uuid)?,
+                value,
+                created_at: row.required("created_at", parse_timestamp)?,
+                updated_at: row.required("updated_at", parse_timestamp)?,
+                created_by: row.optional("created_by", parse_uuid)?,
+            })))
+        }
+        SourceTable::CustomFields => Ok(SourceEvent::FieldUpsert {
+            id: row.required("id", parse_uuid)?,
+            context: if layout.positions.contains_key("context_type") {
+                row.text("context_type")?.map(str::to_owned)
+            } else {
+                None
+            },
+        }),
+        SourceTable::Customers => Ok(SourceEvent::Customer),
+    }
+}
+
+fn delete_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
+    let row = Row { layout, tuple };
+    match layout.table {
+        SourceTable::Contacts => Ok(SourceEvent::Change(Change::DeleteContact(
+            row.required("id", parse_uuid)?,
+        ))),
+        SourceTable::ContactCustomFields => Ok(SourceEvent::Change(Change::DeleteValue {
+            contact_id: row.required("contact_id", parse_uuid)?,
+            field_id: row.required("field_id", parse_uuid)?,
+        })),
+        SourceTable::CustomFields => Ok(SourceEvent::FieldDelete {
+            id: row.required("id", parse_uuid)?,
+        }),
+        SourceTable::Customers => Ok(SourceEvent::Customer),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+//! The source side: the replication slot, its exported snapshot and the change stream,
+//! through `pgwire-replication` (protocol version 1; see the notes on how it behaves on
+//! PostgreSQL 15).
+
+pub mod convert;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use secrecy::ExposeSecret;
+use tokio_postgres::Client;
+
+use crate::Lsn;
+use crate::config::Settings;
+use crate::db;
+use crate::error::{ErrorKind, is_transient_sqlstate};
+
+/// Session settings of the replication connection: values are decoded as text, so pin the
+/// formats they are printed in.
+const REPLICATION_OPTIONS: &str =
+    "-c datestyle=ISO,MDY -c TimeZone=UTC -c intervalstyle=postgres -c extra_float_digits=3";
+
+/// Events buffered between the socket reader and the apply loop. Bounds memory; the reader
+/// keeps answering the server while the buffer is full.
+const BUFFER_EVENTS: usize = 4_096;
+
+/// A failure on the replication connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source.url: {0}")]
+    BadUrl(String),
+    #[error("replication connection: {0}")]
+    Stream(String),
+    #[error(
+        "replication slot `{slot}` no longer exists, but leadsync had been streaming from it: \
+         changes made since it disappeared cannot be recovered from it. Re-run the first load: \
+         `leadsync teardown` then `leadsync setup` and `leadsync run` (or `leadsync resync`)"
+    )]
+    SlotLost { slot: String },
+    #[error(
+        "replication slot `{slot}` was invalidated by the server (wal_status = lost, usually \
+         max_slot_wal_keep_size exceeded while leadsync was behind): the WAL it needed is gone. \
+         Re-run the first load: `leadsync teardown`, `leadsync setup`, `leadsync run`"
+    )]
+    SlotInvalidated { slot: String },
+    #[error("{context}: {message}")]
+    Query {
+        context: &'static str,
+        message: String,
+        sqlstate: Option<String>,
+    },
+}
+
+impl SourceError {
+    /// What the daemon does about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SourceError::Stream(text) => {
+                match sqlstate_in(text) {
+                    // An active slot ("is active for PID") or a server going down: retry.
+                    Some(code) if code == "55006" || is_transient_sqlstate(&code) => {
+                        ErrorKind::Transient
+                    }
+                    Some(_) => ErrorKind::Fatal,
+                    None => ErrorKind::Transient,
+                }
+            }
+            SourceError::Query { sqlstate, .. } => match sqlstate.as_deref() {
+                None => ErrorKind::Transient,
+                Some(code) if is_transient_sqlstate(code) => ErrorKind::Transient,
+                Some(_) => ErrorKind::Fatal,
+            },
+            SourceError::BadUrl(_)
+            | SourceError::SlotLost { .. }
+            | SourceError::SlotInvalidated { .. } => ErrorKind::Fatal,
+        }
+    }
+}
+
+/// The SQLSTATE the replication crate writes into its server error text.
+fn sqlstate_in(text: &str) -> Option<String> {
+    let at = text.find("SQLSTATE ")? + "SQLSTATE ".len();
+    text.get(at..at + 5).map(str::to_owned)
+}
+
+impl From<PgWireError> for SourceError {
+    fn from(e: PgWireError) -> Self {
+        SourceError::Stream(e.to_string())
+    }
+}
+
+/// Wraps a query error on an ordinary connection.
+pub fn query_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> SourceError {
+    move |e| SourceError::Query {
+        context,
+        message: db::error_text(&e),
+        sqlstate: e.code().map(|c| c.code().to_owned()),
+    }
+}
+
+/// What the server says about the slot.
+#[derive(Debug, Clone, Default)]
+pub struct SlotStatus {
+    pub exists: bool,
+    pub confirmed_flush: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    pub active_pid: Option<i32>,
+}
+
+/// Reads the slot's row from `pg_replication_slots`.
+pub async fn slot_status(client: &Client, slot: &str) -> Result<SlotStatus, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, wal_status, active_pid
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query_error("reading the replication slot"))?;
+    Ok(match row {
+        None => SlotStatus::default(),
+        Some(row) => SlotStatus {
+            exists: true,
+            confirmed_flush: row.get::<_, Option<String>>(0).and_then(|t| t.parse().ok()),
+            wal_status: row.get(1),
+            active_pid: row.get(2),
+        },
+    })
+}
+
+/// The replication connection's settings, from `source.url`.
+pub fn replication_config(
+    settings: &Settings,
+    start: Lsn,
+) -> Result<ReplicationConfig, SourceError> {
+    use tokio_postgres::config::{Host, SslMode as PgSslMode};
+    let url = settings.source_url().expose_secret();
+    let pg =
+        tokio_postgres::Config::from_str(url).map_err(|e| SourceError::BadUrl(e.to_string()))?;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let user = pg.get_user().unwrap_or("postgres").to_owned();
+    let database = pg.get_dbname().unwrap_or(&user).to_owned();
+    let tls = match pg.get_ssl_mode() {
+        PgSslMode::Require => TlsConfig::require(),
+        _ => TlsConfig::disabled(),
+    };
+    let mut config = ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        settings.slot.name.clone(),
+        settings.publication.name.clone(),
+    )
+    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
+    .with_tls(tls)
+    .with_start_lsn(start.into())
+    .with_status_interval(Duration::from_millis(settings.slot.status_interval_ms))
+    .with_wakeup_interval(Duration::from_millis(settings.slot.status_interval_ms))
+    .with_buffer_size(BUFFER_EVENTS)
+    .with_application_name("leadsync");
+    config.options = Some(REPLICATION_OPTIONS.to_owned());
+    Ok(config)
+}
+
+/// A slot just created, with the snapshot that holds exactly the data before its start.
+pub struct CreatedSlot {
+    /// The gated session that created the slot; it must stay idle until the snapshot has
+    /// been imported, then [`ReplicationClient::start`] streams from the slot's start.
+    pub client: ReplicationClient,
+    /// Where the stream begins: every change after the snapshot.
+    pub consistent_point: Lsn,
+    /// The exported snapshot, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+/// Creates the slot on a replication connection and exports its snapshot.
+pub async fn create_slot(settings: &Settings) -> Result<CreatedSlot, SourceError> {
+    // Start 0/0: the server then starts at the slot's confirmed position, which is its
+    // consistent point (the position cannot be known before the slot exists).
+    let config = replication_config(settings, Lsn::ZERO)?;
+    let mut client = ReplicationClient::connect_gated(config).await?;
+    let rows = client
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+            settings.slot.name
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| SourceError::Stream("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let field = |i: usize| {
+        row.get(i)
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .ok_or_else(|| {
+                SourceError::Stream(format!("CREATE_REPLICATION_SLOT: column {i} missing"))
+            })
+    };
+    let consistent_point: Lsn = field(1)?
+        .parse()
+        .map_err(|e| SourceError::Stream(format!("consistent point: {e}")))?;
+    let snapshot = field(2)?;
+    Ok(CreatedSlot {
+        client,
+        consistent_point,
+        snapshot,
+    })
+}
+
+/// Opens the change stream from `start` (the server begins at the later of `start` and the
+/// slot's confirmed position).
+pub async fn open_stream(
+    settings: &Settings,
+    start: Lsn,
+) -> Result<ReplicationClient, SourceError> {
+    let config = replication_config(settings, start)?;
+    let client = ReplicationClient::connect(config).await?;
+    Ok(client)
+}
+
+/// Drops the slot (after a first load that did not finish, its snapshot is gone).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), SourceError> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query_error("dropping the unfinished slot"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_is_read_from_the_crate_text() {
+        assert_eq!(
+            sqlstate_in(
+                "server error: replication slot \"x\" is active for PID 12 (SQLSTATE 55006)"
+            ),
+            Some("55006".into())
+        );
+        assert_eq!(sqlstate_in("io error: broken pipe"), None);
+        assert_eq!(
+            SourceError::Stream("io error: broken pipe".into()).kind(),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            SourceError::Stream("server error: x (SQLSTATE 42704)".into()).kind(),
+            ErrorKind::Fatal
+        );
+    }
+}
