@@ -222,7 +222,7 @@ impl Applier {
         let extra_fields: Vec<Uuid> = chunk
             .iter()
             .filter_map(|s| match &s.change {
-                Change::UpsertValue(v) => Some(v.field_id),
+                Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => Some(v.field_id),
                 _ => None,
             })
             .collect();
@@ -359,6 +359,12 @@ impl Applier {
                         Err(e) if e.kind() == ErrorKind::BadRow => {
                             self.savepoint("ROLLBACK TO SAVEPOINT leadsync_contact")
                                 .await?;
+                            if writes.source.is_none() && is_foreign_key_violation(&e) {
+                                // The contact is gone and so is what its rows pointed at (a
+                                // workspace deleted with its contacts): the schema's own
+                                // cascade already removed the target rows.
+                                continue;
+                            }
                             let (message, sqlstate) = match &e {
                                 ApplyError::Db {
                                     message, sqlstate, ..
@@ -720,6 +726,10 @@ impl Applier {
             .map_err(db_error("recording the phase"))?;
         Ok(())
     }
+}
+
+fn is_foreign_key_violation(e: &ApplyError) -> bool {
+    matches!(e, ApplyError::Db { sqlstate: Some(code), .. } if code == "23503")
 }
 
 /// A mirror row as a [`Contact`]; columns in [`sql::MIRROR_CONTACT_COLUMNS`] order.

@@ -166,6 +166,9 @@ pub enum Change {
     DeleteContact(Uuid),
     /// A `contact_custom_fields` row inserted or updated.
     UpsertValue(FieldValue),
+    /// A `contact_custom_fields` row updated without changing its TOASTed `value`, which
+    /// pgoutput did not resend: the `value` here is a placeholder for the one leadsync holds.
+    UpsertValueKeepingValue(FieldValue),
     /// A `contact_custom_fields` row deleted.
     DeleteValue { contact_id: Uuid, field_id: Uuid },
 }
@@ -176,7 +179,7 @@ impl Change {
         match self {
             Change::UpsertContact(image) => image.contact.id,
             Change::DeleteContact(id) => *id,
-            Change::UpsertValue(v) => v.contact_id,
+            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => v.contact_id,
             Change::DeleteValue { contact_id, .. } => *contact_id,
         }
     }

@@ -163,6 +163,8 @@ struct Track {
     lsn: Lsn,
     /// Columns that arrived unchanged with no prior value to fill them in.
     unknown: Option<Unchanged>,
+    /// A field whose value arrived unchanged with no prior value to keep.
+    unknown_value: Option<Uuid>,
 }
 
 /// Plans one chunk.
@@ -188,10 +190,11 @@ pub fn plan_chunk(
                 state,
                 lsn: stamped.lsn,
                 unknown: None,
+                unknown_value: None,
             }
         });
         track.lsn = stamped.lsn;
-        if track.unknown.is_some() {
+        if track.unknown.is_some() || track.unknown_value.is_some() {
             // The contact's state is unknown from here on; its dead letter covers the rest.
             continue;
         }
@@ -212,6 +215,16 @@ pub fn plan_chunk(
             }
             Change::UpsertValue(value) => {
                 track.values.insert(value.field_id, value.clone());
+                false
+            }
+            Change::UpsertValueKeepingValue(value) => {
+                let Some(kept) = track.values.get(&value.field_id).map(|v| v.value.clone()) else {
+                    track.unknown_value = Some(value.field_id);
+                    continue;
+                };
+                let mut value = value.clone();
+                value.value = kept;
+                track.values.insert(value.field_id, value);
                 false
             }
             Change::DeleteValue { field_id, .. } => {
@@ -249,6 +262,22 @@ fn finish_contact(
     rules: &ProductRules,
     delete_mode: DeleteMode,
 ) {
+    if let Some(field) = track.unknown_value {
+        plan.dead_letters.push(DeadLetter {
+            contact_id: Some(id),
+            lsn: track.lsn,
+            source_table: "contact_custom_fields",
+            operation: "update",
+            key: json!({ "contact_id": id, "field_id": field }),
+            payload: json!({ "unchanged_columns": ["value"] }),
+            error: format!(
+                "value of contact {id}, field {field} at {}: arrived as unchanged TOAST but \
+                 leadsync holds no earlier value; run `leadsync dlq retry` to re-read it",
+                track.lsn
+            ),
+        });
+        return;
+    }
     if let Some(columns) = track.unknown {
         let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
         plan.dead_letters.push(DeadLetter {

@@ -242,7 +242,9 @@ fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
         SourceEvent::Change(change) => match change {
             Change::UpsertContact(image) => Some((image.contact.id, None)),
             Change::DeleteContact(id) => Some((*id, None)),
-            Change::UpsertValue(v) => Some((v.contact_id, Some(v.field_id))),
+            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => {
+                Some((v.contact_id, Some(v.field_id)))
+            }
             Change::DeleteValue {
                 contact_id,
                 field_id,
@@ -363,18 +365,26 @@ fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertEr
             })))
         }
         SourceTable::ContactCustomFields => {
-            // A jsonb value TOASTed and unchanged: only possible when the key changed
-            // without the value, which the planner sees as delete + insert; refuse rather
-            // than guess.
-            let value = row.text("value")?.map(str::to_owned);
-            Ok(SourceEvent::Change(Change::UpsertValue(FieldValue {
+            // A large jsonb value that the update did not touch arrives unchanged: the
+            // planner keeps the value it holds.
+            let unchanged = matches!(row.datum("value")?, Datum::UnchangedToast);
+            let value = FieldValue {
                 contact_id: row.required("contact_id", parse_uuid)?,
                 field_id: row.required("field_id", parse_uuid)?,
-                value,
+                value: if unchanged {
+                    None
+                } else {
+                    row.text("value")?.map(str::to_owned)
+                },
                 created_at: row.required("created_at", parse_timestamp)?,
                 updated_at: row.required("updated_at", parse_timestamp)?,
                 created_by: row.optional("created_by", parse_uuid)?,
-            })))
+            };
+            Ok(SourceEvent::Change(if unchanged {
+                Change::UpsertValueKeepingValue(value)
+            } else {
+                Change::UpsertValue(value)
+            }))
         }
         SourceTable::CustomFields => Ok(SourceEvent::FieldUpsert {
             id: row.required("id", parse_uuid)?,

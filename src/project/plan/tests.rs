@@ -588,3 +588,41 @@ fn soft_deleted_rows_that_do_not_fit_only_get_deleted_at() {
         })
     );
 }
+
+#[test]
+fn an_unchanged_toasted_value_keeps_the_value_leadsync_holds() {
+    let big = format!("\"{}\"", "v".repeat(10_000));
+    let held = value(F_CONTACT, &big);
+    let mut touched = value(F_CONTACT, "ignored");
+    touched.value = None;
+    touched.updated_at = ts("2024-06-01 00:00:00");
+    let p = plan(
+        &prior_with(Some(contact()), std::slice::from_ref(&held)),
+        &[at(
+            Change::UpsertValueKeepingValue(touched.clone()),
+            "2024-06-01 00:00:00",
+            10,
+        )],
+    );
+    let kept = FieldValue {
+        value: Some(big),
+        ..touched
+    };
+    assert_eq!(p.mirror_values, vec![kept.clone()]);
+    let ValueWrite::Upsert(routed) = &only_writes(&p).values[0] else {
+        panic!("{p:#?}")
+    };
+    assert_eq!(routed.value, kept.value);
+    assert_eq!(routed.updated_at, ts("2024-06-01 00:00:00"));
+
+    let p = plan(
+        &prior_with(Some(contact()), &[]),
+        &[at(
+            Change::UpsertValueKeepingValue(value(F_LEAD, "x")),
+            "2024-06-01 00:00:00",
+            10,
+        )],
+    );
+    assert_eq!(p.dead_letters.len(), 1);
+    assert!(p.writes.is_empty());
+}
