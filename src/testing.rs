@@ -371,11 +371,12 @@ impl Drop for Daemon {
 
 impl TestDb {
     /// Waits until the slot has been acknowledged past everything written so far, i.e. the
-    /// daemon processed it. Panics with `context` after `timeout`.
+    /// daemon processed it. Measured against the WAL insert position: with asynchronous
+    /// commit (the throwaway clusters use it) the write position can lag a commit. Panics with `context` after `timeout`.
     pub async fn wait_caught_up(&self, timeout: std::time::Duration, context: &dyn Fn() -> String) {
         let client = self.client().await;
         let target: String = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .expect("current WAL position")
             .get(0);
