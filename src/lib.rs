@@ -22,6 +22,7 @@
 //! - [`fixtures`]: the legacy schema and a deterministic demo-data generator.
 
 pub mod apply;
+pub mod backfill;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod decode;
 pub mod error;
 pub mod fixtures;
 pub mod lsn;
+pub mod metrics;
 pub mod project;
 pub mod reconcile;
 pub mod schema;

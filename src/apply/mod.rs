@@ -42,7 +42,14 @@ pub enum ApplyError {
     Db {
         context: &'static str,
         message: String,
+        /// The server's error code; `None` when the error happened on this side.
         sqlstate: Option<String>,
+    },
+    /// The session to the target went away.
+    #[error("{context}: the connection was lost: {message}")]
+    ConnectionLost {
+        context: &'static str,
+        message: String,
     },
     #[error(
         "another leadsync is already active on slot `{slot}` ({detail}); only one instance \
@@ -65,8 +72,9 @@ impl ApplyError {
     /// What the daemon does about it.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            ApplyError::ConnectionLost { .. } => ErrorKind::Transient,
             ApplyError::Db { sqlstate, .. } => match sqlstate.as_deref() {
-                None => ErrorKind::Transient,
+                None => ErrorKind::Fatal,
                 Some(code) if is_transient_sqlstate(code) => ErrorKind::Transient,
                 Some(code) if is_bad_row_sqlstate(code) => ErrorKind::BadRow,
                 Some(_) => ErrorKind::Fatal,
@@ -79,11 +87,34 @@ impl ApplyError {
 
 /// Wraps a driver error with what was being done.
 pub(crate) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyError {
-    move |e| ApplyError::Db {
-        context,
-        message: db::error_text(&e),
-        sqlstate: e.code().map(|c| c.code().to_owned()),
+    move |e| {
+        if e.code().is_none() && connection_lost(&e) {
+            return ApplyError::ConnectionLost {
+                context,
+                message: db::error_text(&e),
+            };
+        }
+        ApplyError::Db {
+            context,
+            message: db::error_text(&e),
+            sqlstate: e.code().map(|c| c.code().to_owned()),
+        }
     }
+}
+
+/// Whether a driver error means the session is gone (closed, or an I/O failure under it).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Counters of what the apply stage did, for logs and metrics.
@@ -120,10 +151,9 @@ impl Applier {
     pub async fn connect(settings: &Settings) -> Result<Applier, ApplyError> {
         let client = db::connect(settings.source_url())
             .await
-            .map_err(|e| ApplyError::Db {
+            .map_err(|e| ApplyError::ConnectionLost {
                 context: "connecting the apply session",
                 message: e.to_string(),
-                sqlstate: None,
             })?;
         let origin = settings.origin_name();
         match client
@@ -180,6 +210,22 @@ impl Applier {
     /// How long the open target transaction has been open.
     pub fn txn_age(&self) -> std::time::Duration {
         self.opened_at.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Opens the target transaction inside an exported snapshot (the first load reads the
+    /// legacy tables through it).
+    pub async fn begin_in_snapshot(&mut self, snapshot: &str) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+                db::quote_literal(snapshot)
+            ))
+            .await
+            .map_err(db_error("importing the slot's snapshot"))?;
+        self.open = true;
+        self.opened_at = Some(Instant::now());
+        self.txn_changes = 0;
+        Ok(())
     }
 
     async fn ensure_open(&mut self) -> Result<(), ApplyError> {

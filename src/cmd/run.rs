@@ -18,10 +18,10 @@ use crate::Lsn;
 use crate::apply::{Applier, ApplyError};
 use crate::config::Settings;
 use crate::control::Shutdown;
-use crate::db::{self, quote_ident};
+use crate::backfill;
 use crate::decode::{DecodeError, LogicalMessage, decode_message};
 use crate::error::ErrorKind;
-use crate::project::change::{Change, ContactImage, Stamped};
+use crate::project::change::Stamped;
 use crate::project::plan::DeadLetter;
 use crate::source::convert::{ConvertError, Converter, SourceEvent};
 use crate::source::{self, SourceError, query_error};
@@ -30,8 +30,6 @@ use crate::source::{self, SourceError, query_error};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A session that ran this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
-/// Rows fetched per round trip while reading the snapshot.
-const SNAPSHOT_FETCH: usize = 5_000;
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -183,127 +181,38 @@ async fn first_load(
         consistent_point = %created.consistent_point,
         "slot created; loading existing rows from its snapshot"
     );
-    let snapshot = db::connect(settings.source_url())
-        .await
-        .map_err(|e| SourceError::Stream(e.to_string()))?;
-    snapshot
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            db::quote_literal(&created.snapshot)
-        ))
-        .await
-        .map_err(query_error("importing the slot's snapshot"))?;
-    let started = Instant::now();
-    let rows = load_snapshot(
-        settings,
-        &snapshot,
-        applier,
-        created.consistent_point,
-        shutdown,
-    )
-    .await?;
+    // Both sessions import the snapshot before the replication session does anything else
+    // (any command there would end the export).
+    applier.begin_in_snapshot(&created.snapshot).await?;
+    let reader = backfill::reader(settings, &created.snapshot).await?;
+    if *shutdown.borrow() {
+        return Err(RunError::NotSetUp(
+            "stopped during the first load; the next run starts it again".into(),
+        ));
+    }
+    let (stats, dead) = backfill::load(settings, applier.client(), &reader, created.consistent_point).await?;
+    for letter in &dead {
+        applier.park(letter).await?;
+    }
     applier.set_phase("streaming").await?;
     applier
         .commit(created.consistent_point, Utc::now().naive_utc())
         .await?;
-    let _ = snapshot.batch_execute("COMMIT").await;
+    let _ = reader.batch_execute("COMMIT").await;
     tracing::info!(
-        rows,
-        seconds = started.elapsed().as_secs_f64(),
+        contacts = stats.contacts,
+        values = stats.values,
+        customers = stats.customers,
+        leads = stats.leads,
+        appointments = stats.appointments,
+        dead_letters = stats.dead_letters,
+        seconds = stats.seconds,
         "first load committed; streaming"
     );
     let mut client = created.client;
     client.start().await.map_err(SourceError::from)?;
     client.wait_started().await.map_err(SourceError::from)?;
     Ok(client)
-}
-
-/// Reads fields, contacts and values inside the snapshot and feeds them to the applier.
-async fn load_snapshot(
-    settings: &Settings,
-    snapshot: &Client,
-    applier: &mut Applier,
-    lsn: Lsn,
-    shutdown: &Shutdown,
-) -> Result<u64, RunError> {
-    let s = quote_ident(&settings.source.schema);
-    let now = Utc::now().naive_utc();
-    let fields = snapshot
-        .query(
-            &format!("SELECT id, context_type::text FROM {s}.custom_fields"),
-            &[],
-        )
-        .await
-        .map_err(query_error("reading custom_fields"))?;
-    for row in &fields {
-        applier.field_upsert(row.get(0), row.get(1)).await?;
-    }
-    let mut rows = fields.len() as u64;
-    let cursors = [
-        (
-            "leadsync_contacts",
-            format!(
-                "SELECT id::uuid, workspace_id::uuid, firstname::text, lastname::text, email::text,
-                        phone_number::text, st_address::text, city::text, state::text, zip::text,
-                        lead_status::text, lead_source::text, tags::text,
-                        appointment_status_id::int4, appointment_result_id::int4,
-                        appointment_date::timestamp, priority::int4, created_at::timestamp,
-                        updated_at::timestamp, created_by::uuid
-                 FROM {s}.contacts"
-            ),
-        ),
-        (
-            "leadsync_values",
-            format!(
-                "SELECT contact_id::uuid, field_id::uuid, value::text, created_at::timestamp,
-                        updated_at::timestamp, created_by::uuid
-                 FROM {s}.contact_custom_fields"
-            ),
-        ),
-    ];
-    let mut last_log = Instant::now();
-    for (cursor, query) in cursors {
-        snapshot
-            .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR {query}"))
-            .await
-            .map_err(query_error("reading the snapshot"))?;
-        loop {
-            if *shutdown.borrow() {
-                return Err(RunError::NotSetUp(
-                    "stopped during the first load; the next run starts it again".into(),
-                ));
-            }
-            let batch = snapshot
-                .query(&format!("FETCH {SNAPSHOT_FETCH} FROM {cursor}"), &[])
-                .await
-                .map_err(query_error("reading the snapshot"))?;
-            if batch.is_empty() {
-                break;
-            }
-            for row in &batch {
-                let change = if cursor == "leadsync_contacts" {
-                    Change::UpsertContact(ContactImage::complete(crate::apply::contact_from_row(
-                        row,
-                    )))
-                } else {
-                    Change::UpsertValue(crate::apply::value_from_row(row))
-                };
-                applier
-                    .push(Stamped {
-                        change,
-                        commit_time: now,
-                        lsn,
-                    })
-                    .await?;
-            }
-            rows += batch.len() as u64;
-            if last_log.elapsed() > Duration::from_secs(10) {
-                tracing::info!(rows, "first load in progress");
-                last_log = Instant::now();
-            }
-        }
-    }
-    Ok(rows)
 }
 
 /// The source transaction being received.

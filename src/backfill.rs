@@ -1,0 +1,774 @@
+//! The first load at COPY speed.
+//!
+//! Everything happens in the apply session's transaction, which imports the slot's exported
+//! snapshot, so the load sees exactly the data before the slot's start and commits together
+//! with the checkpoint at that start. Inside it:
+//!
+//! 1. leadsync's own state is copied server-side (`INSERT … SELECT` from the snapshot);
+//! 2. the target tables' indexes, keys and foreign keys are set aside (their definitions
+//!    read from the catalog), because building them once over loaded tables is far cheaper
+//!    than maintaining them row by row;
+//! 3. one pass per target table: a second session that imported the same snapshot streams
+//!    the legacy rows out with binary `COPY TO`, the Rust projection turns them into target
+//!    rows, and binary `COPY FROM` streams them in — memory stays flat whatever the size;
+//! 4. the indexes and constraints are rebuilt under their own names, so the schema ends
+//!    exactly as `leadsync setup` made it, and the tables are analysed.
+//!
+//! Rows whose values do not fit the target (a phone over 20 characters) are caught before
+//! the COPY — one bad row must not abort it — and parked as dead letters.
+
+use std::collections::HashSet;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use crate::apply::{ApplyError, db_error};
+use crate::config::Settings;
+use crate::db::{self, quote_ident};
+use crate::project::plan::{DeadLetter, contact_payload};
+use crate::project::{
+    Contact, ContactProjection, FieldContext, FieldValue, ProductRules, ValueTable, misfits,
+    project_contact, route_field_value,
+};
+use crate::Lsn;
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Rows each table received.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LoadStats {
+    pub contacts: u64,
+    pub values: u64,
+    pub customers: u64,
+    pub leads: u64,
+    pub appointments: u64,
+    pub customer_custom_fields: u64,
+    pub lead_custom_fields: u64,
+    pub appointment_custom_fields: u64,
+    pub dead_letters: u64,
+    pub seconds: f64,
+}
+
+/// Contact columns as the passes read them (the mirror's order).
+const CONTACT_SELECT: &str = "c.id::uuid, c.workspace_id::uuid, c.firstname::text, c.lastname::text,
+    c.email::text, c.phone_number::text, c.st_address::text, c.city::text, c.state::text,
+    c.zip::text, c.lead_status::text, c.lead_source::text, c.tags::text,
+    c.appointment_status_id::int4, c.appointment_result_id::int4, c.appointment_date::timestamp,
+    c.priority::int4, c.created_at::timestamp, c.updated_at::timestamp, c.created_by::uuid";
+
+const CONTACT_TYPES: [Type; 20] = [
+    Type::UUID,
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT4,
+    Type::TIMESTAMP,
+    Type::INT4,
+    Type::TIMESTAMP,
+    Type::TIMESTAMP,
+    Type::UUID,
+];
+
+fn contact_from_copy(row: &BinaryCopyOutRow) -> Contact {
+    Contact {
+        id: row.get(0),
+        workspace_id: row.get(1),
+        firstname: row.get(2),
+        lastname: row.get(3),
+        email: row.get(4),
+        phone_number: row.get(5),
+        st_address: row.get(6),
+        city: row.get(7),
+        state: row.get(8),
+        zip: row.get(9),
+        lead_status: row.get(10),
+        lead_source: row.get(11),
+        tags: row.get(12),
+        appointment_status_id: row.get(13),
+        appointment_result_id: row.get(14),
+        appointment_date: row.get(15),
+        priority: row.get(16),
+        created_at: row.get(17),
+        updated_at: row.get(18),
+        created_by: row.get(19),
+    }
+}
+
+/// One target table's pass: which legacy rows feed it and which rows come out.
+#[derive(Clone, Copy)]
+enum Pass {
+    Customers,
+    Leads,
+    Appointments,
+    Values(ValueTable),
+}
+
+impl Pass {
+    fn table(self) -> &'static str {
+        match self {
+            Pass::Customers => "customers",
+            Pass::Leads => "leads",
+            Pass::Appointments => "appointments",
+            Pass::Values(v) => v.table(),
+        }
+    }
+
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Pass::Customers => &[
+                "cst_id",
+                "workspace_id",
+                "firstname",
+                "lastname",
+                "email",
+                "phone1",
+                "phone2",
+                "address1",
+                "address2",
+                "city",
+                "state",
+                "zip",
+                "country",
+                "dateadded",
+                "lastchanged",
+                "created_at",
+                "updated_at",
+                "created_by",
+                "migrated_from_contact_id",
+            ],
+            Pass::Leads => &[
+                "id",
+                "customer_id",
+                "workspace_id",
+                "productid",
+                "source",
+                "sourcesubdescr",
+                "disposition",
+                "stg_id",
+                "priority",
+                "entrydate",
+                "lastchangedon",
+                "created_at",
+                "updated_at",
+                "created_by",
+                "migrated_from_contact_id",
+            ],
+            Pass::Appointments => &[
+                "id",
+                "lead_id",
+                "workspace_id",
+                "apptdate",
+                "disposition",
+                "apptset",
+                "verified",
+                "confirmed",
+                "setdate",
+                "verifieddate",
+                "confirmeddate",
+                "lastchangeddate",
+                "created_at",
+                "updated_at",
+                "created_by",
+                "migrated_from_contact_id",
+            ],
+            Pass::Values(ValueTable::CustomerCustomFields) => &[
+                "customer_id",
+                "field_id",
+                "value",
+                "created_at",
+                "updated_at",
+                "created_by",
+            ],
+            Pass::Values(ValueTable::LeadCustomFields) => &[
+                "lead_id",
+                "field_id",
+                "value",
+                "created_at",
+                "updated_at",
+                "created_by",
+            ],
+            Pass::Values(ValueTable::AppointmentCustomFields) => &[
+                "appointment_id",
+                "field_id",
+                "value",
+                "created_at",
+                "updated_at",
+                "created_by",
+            ],
+        }
+    }
+
+    /// The legacy rows this pass reads: contacts, or values with their contact and context.
+    fn source_query(self, s: &str, has_context: bool) -> String {
+        let context = |wanted: &str| {
+            if !has_context {
+                return if wanted == "contact" { "true" } else { "false" }.to_owned();
+            }
+            match wanted {
+                "contact" => "(f.context_type IS NULL OR f.context_type = 'contact')".into(),
+                other => format!("f.context_type = '{other}'"),
+            }
+        };
+        match self {
+            Pass::Customers => format!("SELECT {CONTACT_SELECT} FROM {s}.contacts c"),
+            Pass::Leads => format!(
+                "SELECT {CONTACT_SELECT} FROM {s}.contacts c WHERE c.lead_status IS NOT NULL"
+            ),
+            Pass::Appointments => format!(
+                "SELECT {CONTACT_SELECT} FROM {s}.contacts c
+                 WHERE c.lead_status IS NOT NULL AND c.appointment_date IS NOT NULL"
+            ),
+            Pass::Values(table) => {
+                let (wanted, parent) = match table {
+                    ValueTable::CustomerCustomFields => ("contact", "true"),
+                    ValueTable::LeadCustomFields => ("lead", "c.lead_status IS NOT NULL"),
+                    ValueTable::AppointmentCustomFields => (
+                        "appointment",
+                        "c.lead_status IS NOT NULL AND c.appointment_date IS NOT NULL",
+                    ),
+                };
+                format!(
+                    "SELECT {CONTACT_SELECT}, v.field_id::uuid, v.value::text,
+                            v.created_at::timestamp, v.updated_at::timestamp, v.created_by::uuid
+                     FROM {s}.contact_custom_fields v
+                     JOIN {s}.contacts c ON c.id = v.contact_id
+                     JOIN {s}.custom_fields f ON f.id = v.field_id
+                     WHERE {} AND {parent}",
+                    context(wanted)
+                )
+            }
+        }
+    }
+
+    fn source_types(self) -> Vec<Type> {
+        let mut types = CONTACT_TYPES.to_vec();
+        if let Pass::Values(_) = self {
+            types.extend([
+                Type::UUID,
+                Type::TEXT,
+                Type::TIMESTAMP,
+                Type::TIMESTAMP,
+                Type::UUID,
+            ]);
+        }
+        types
+    }
+}
+
+/// Loads every legacy row into the target and leadsync's state, inside the open apply
+/// transaction (which must already hold the snapshot), reading through `reader` (which
+/// must hold the same snapshot).
+pub async fn load(
+    settings: &Settings,
+    apply: &Client,
+    reader: &Client,
+    lsn: Lsn,
+) -> Result<(LoadStats, Vec<DeadLetter>), ApplyError> {
+    let started = Instant::now();
+    let s = quote_ident(&settings.source.schema);
+    let t = quote_ident(&settings.target.schema);
+    let rules = ProductRules::new(
+        &settings.transform.product_rules,
+        settings.transform.case_insensitive,
+    );
+    let mut stats = LoadStats::default();
+
+    // Free hands for the load: no statement timeout, enough memory to build indexes.
+    apply
+        .batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL maintenance_work_mem = '256MB'")
+        .await
+        .map_err(db_error("preparing the first load"))?;
+
+    let has_context: bool = apply
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = $1 AND table_name = 'custom_fields'
+                              AND column_name = 'context_type')",
+            &[&settings.source.schema],
+        )
+        .await
+        .map_err(db_error("reading custom_fields"))?
+        .get(0);
+    let context = if has_context { "context_type::text" } else { "NULL::text" };
+
+    let mut tables: Vec<String> = ["customers", "leads", "appointments"]
+        .iter()
+        .map(|n| format!("{t}.{n}"))
+        .collect();
+    tables.extend(ValueTable::ALL.iter().map(|v| format!("{t}.{}", v.table())));
+    tables.extend(
+        ["leadsync.contacts", "leadsync.field_values", "leadsync.fields"]
+            .iter()
+            .map(|n| (*n).to_owned()),
+    );
+    let deferred = Deferred::set_aside(apply, &tables).await?;
+
+    // leadsync's state: plain copies of the legacy rows, server-side.
+    let state_sql = format!(
+        "TRUNCATE leadsync.contacts, leadsync.field_values, leadsync.fields;
+         INSERT INTO leadsync.fields (id, context_type) SELECT id, {context} FROM {s}.custom_fields;
+         INSERT INTO leadsync.contacts SELECT {CONTACT_SELECT} FROM {s}.contacts c;
+         INSERT INTO leadsync.field_values (contact_id, field_id, value, created_at, updated_at, created_by)
+           SELECT contact_id, field_id, value, created_at, updated_at, created_by
+           FROM {s}.contact_custom_fields;"
+    );
+    apply
+        .batch_execute(&state_sql)
+        .await
+        .map_err(db_error("copying the legacy rows into leadsync's state"))?;
+    stats.contacts = count(apply, "leadsync.contacts").await?;
+    stats.values = count(apply, "leadsync.field_values").await?;
+
+    let mut parked: HashSet<Uuid> = HashSet::new();
+    let mut dead = Vec::new();
+    let passes = [
+        Pass::Customers,
+        Pass::Leads,
+        Pass::Appointments,
+        Pass::Values(ValueTable::CustomerCustomFields),
+        Pass::Values(ValueTable::LeadCustomFields),
+        Pass::Values(ValueTable::AppointmentCustomFields),
+    ];
+    for pass in passes {
+        let rows = copy_pass(
+            pass,
+            apply,
+            reader,
+            &s,
+            &t,
+            has_context,
+            &rules,
+            lsn,
+            &mut parked,
+            &mut dead,
+        )
+        .await?;
+        match pass {
+            Pass::Customers => stats.customers = rows,
+            Pass::Leads => stats.leads = rows,
+            Pass::Appointments => stats.appointments = rows,
+            Pass::Values(ValueTable::CustomerCustomFields) => stats.customer_custom_fields = rows,
+            Pass::Values(ValueTable::LeadCustomFields) => stats.lead_custom_fields = rows,
+            Pass::Values(ValueTable::AppointmentCustomFields) => {
+                stats.appointment_custom_fields = rows
+            }
+        }
+        tracing::info!(
+            table = pass.table(),
+            rows,
+            seconds = started.elapsed().as_secs_f64(),
+            "first load: table copied"
+        );
+    }
+
+    let rebuild = Instant::now();
+    deferred.restore(apply).await?;
+    let analyze = tables.join(", ");
+    apply
+        .batch_execute(&format!("ANALYZE {analyze}"))
+        .await
+        .map_err(db_error("analysing the loaded tables"))?;
+    tracing::info!(
+        seconds = rebuild.elapsed().as_secs_f64(),
+        "first load: indexes and constraints rebuilt, tables analysed"
+    );
+    stats.dead_letters = dead.len() as u64;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok((stats, dead))
+}
+
+async fn count(client: &Client, table: &str) -> Result<u64, ApplyError> {
+    let n: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .map_err(db_error("counting loaded rows"))?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// Streams one pass from the reader through the projection into the target table.
+#[allow(clippy::too_many_arguments)]
+async fn copy_pass(
+    pass: Pass,
+    apply: &Client,
+    reader: &Client,
+    s: &str,
+    t: &str,
+    has_context: bool,
+    rules: &ProductRules,
+    lsn: Lsn,
+    parked: &mut HashSet<Uuid>,
+    dead: &mut Vec<DeadLetter>,
+) -> Result<u64, ApplyError> {
+    let columns = pass.columns();
+    let target = format!("{t}.{}", pass.table());
+    let types = column_types(apply, &target, columns).await?;
+    let sink = apply
+        .copy_in(&format!(
+            "COPY {target} ({}) FROM STDIN (FORMAT binary)",
+            columns.join(", ")
+        ))
+        .await
+        .map_err(db_error("starting COPY into the target"))?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    let source = reader
+        .copy_out(&format!(
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            pass.source_query(s, has_context)
+        ))
+        .await
+        .map_err(db_error("starting COPY out of the snapshot"))?;
+    let mut rows = pin!(BinaryCopyOutStream::new(source, &pass.source_types()));
+
+    let mut written = 0u64;
+    let mut read = 0u64;
+    let mut last_log = Instant::now();
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(db_error("reading the snapshot"))?;
+        read += 1;
+        let contact = contact_from_copy(&row);
+        let projection = project_contact(&contact, rules);
+        if let Pass::Customers = pass {
+            let found = misfits(&projection);
+            if !found.is_empty() {
+                parked.insert(contact.id);
+                let reasons: Vec<String> = found
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} is {} characters, longer than {} allows ({}), from contacts.{}",
+                            m.column, m.length, m.column, m.limit, m.source_column
+                        )
+                    })
+                    .collect();
+                dead.push(DeadLetter {
+                    contact_id: Some(contact.id),
+                    lsn,
+                    source_table: "contacts",
+                    operation: "first_load",
+                    key: serde_json::json!({ "id": contact.id }),
+                    payload: contact_payload(Some(&contact), &Default::default()),
+                    error: format!("contact {} at {lsn}: {}", contact.id, reasons.join("; ")),
+                });
+                continue;
+            }
+        } else if parked.contains(&contact.id) {
+            continue;
+        }
+        if write_row(pass, &row, &projection, writer.as_mut()).await? {
+            written += 1;
+        }
+        if last_log.elapsed() > PROGRESS_EVERY {
+            tracing::info!(table = pass.table(), read, written, "first load in progress");
+            last_log = Instant::now();
+        }
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(db_error("finishing COPY into the target"))?;
+    metrics::counter!(crate::metrics::SNAPSHOT_ROWS_TOTAL, "table" => pass.table())
+        .increment(written);
+    Ok(written)
+}
+
+/// Writes the pass's row for one source row; false when the row has no place here.
+async fn write_row(
+    pass: Pass,
+    row: &BinaryCopyOutRow,
+    p: &ContactProjection,
+    writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+) -> Result<bool, ApplyError> {
+    let result = match pass {
+        Pass::Customers => {
+            let c = &p.customer;
+            writer
+                .write(&[
+                    &c.cst_id,
+                    &c.workspace_id,
+                    &c.firstname,
+                    &c.lastname,
+                    &c.email,
+                    &c.phone1,
+                    &c.phone2,
+                    &c.address1,
+                    &c.address2,
+                    &c.city,
+                    &c.state,
+                    &c.zip,
+                    &c.country,
+                    &c.dateadded,
+                    &c.lastchanged,
+                    &c.created_at,
+                    &c.updated_at,
+                    &c.created_by,
+                    &c.migrated_from_contact_id,
+                ])
+                .await
+        }
+        Pass::Leads => {
+            let Some(l) = &p.lead else { return Ok(false) };
+            writer
+                .write(&[
+                    &l.id,
+                    &l.customer_id,
+                    &l.workspace_id,
+                    &l.productid,
+                    &l.source,
+                    &l.sourcesubdescr,
+                    &l.disposition,
+                    &l.stg_id,
+                    &l.priority,
+                    &l.entrydate,
+                    &l.lastchangedon,
+                    &l.created_at,
+                    &l.updated_at,
+                    &l.created_by,
+                    &l.migrated_from_contact_id,
+                ])
+                .await
+        }
+        Pass::Appointments => {
+            let Some(a) = &p.appointment else {
+                return Ok(false);
+            };
+            writer
+                .write(&[
+                    &a.id,
+                    &a.lead_id,
+                    &a.workspace_id,
+                    &a.apptdate,
+                    &a.disposition,
+                    &a.apptset,
+                    &a.verified,
+                    &a.confirmed,
+                    &a.setdate,
+                    &a.verifieddate,
+                    &a.confirmeddate,
+                    &a.lastchangeddate,
+                    &a.created_at,
+                    &a.updated_at,
+                    &a.created_by,
+                    &a.migrated_from_contact_id,
+                ])
+                .await
+        }
+        Pass::Values(table) => {
+            let value = FieldValue {
+                contact_id: p.customer.cst_id,
+                field_id: row.get(20),
+                value: row.get(21),
+                created_at: row.get(22),
+                updated_at: row.get(23),
+                created_by: row.get(24),
+            };
+            let context = match table {
+                ValueTable::CustomerCustomFields => FieldContext::Contact,
+                ValueTable::LeadCustomFields => FieldContext::Lead,
+                ValueTable::AppointmentCustomFields => FieldContext::Appointment,
+            };
+            let Ok(routed) = route_field_value(&value, &context, Some(p)) else {
+                return Ok(false);
+            };
+            debug_assert_eq!(routed.table, table);
+            let json = JsonText(routed.value.as_deref());
+            writer
+                .write(&[
+                    &routed.parent_id,
+                    &routed.field_id,
+                    &json,
+                    &routed.created_at,
+                    &routed.updated_at,
+                    &routed.created_by,
+                ])
+                .await
+        }
+    };
+    result.map_err(db_error("writing to COPY"))?;
+    Ok(true)
+}
+
+/// JSONB text for binary COPY: the version byte 1, then the text.
+#[derive(Debug)]
+struct JsonText<'a>(Option<&'a str>);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        match self.0 {
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+            Some(text) => {
+                out.put_u8(1);
+                out.put_slice(text.as_bytes());
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The types of `columns` of `table`, from the catalog.
+async fn column_types(client: &Client, table: &str, columns: &[&str]) -> Result<Vec<Type>, ApplyError> {
+    let names: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    let rows = client
+        .query(
+            "SELECT a.atttypid FROM unnest($2::text[]) WITH ORDINALITY AS n(name, i)
+             JOIN pg_attribute a ON a.attrelid = $1::text::regclass AND a.attname = n.name
+             ORDER BY n.i",
+            &[&table, &names],
+        )
+        .await
+        .map_err(db_error("reading target column types"))?;
+    let types: Vec<Type> = rows
+        .iter()
+        .map(|r| Type::from_oid(r.get(0)).unwrap_or(Type::TEXT))
+        .collect();
+    if types.len() != columns.len() {
+        return Err(ApplyError::Db {
+            context: "reading target column types",
+            message: format!("{table} lacks some of the columns {}", columns.join(", ")),
+            sqlstate: None,
+        });
+    }
+    Ok(types)
+}
+
+/// Indexes, keys and foreign keys of the loaded tables, set aside and put back.
+struct Deferred {
+    /// `ALTER TABLE … ADD CONSTRAINT …` for primary keys and unique constraints.
+    keys: Vec<String>,
+    /// `CREATE INDEX …` for the other indexes.
+    indexes: Vec<String>,
+    /// `ALTER TABLE … ADD CONSTRAINT …` for foreign keys.
+    foreign_keys: Vec<String>,
+}
+
+impl Deferred {
+    async fn set_aside(client: &Client, tables: &[String]) -> Result<Deferred, ApplyError> {
+        let tables: Vec<String> = tables.to_vec();
+        // Keys other tables depend on (a native table of the new application pointing at
+        // customers) stay, and so do foreign keys into legacy tables (workspaces,
+        // custom_fields, auth.users): dropping or adding those locks the legacy table, and
+        // the application's writers must never wait for the load.
+        let constraints = client
+            .query(
+                "SELECT c.conrelid::regclass::text, quote_ident(c.conname), c.contype::text,
+                        pg_get_constraintdef(c.oid),
+                        EXISTS (SELECT 1 FROM pg_constraint d
+                                WHERE d.contype = 'f' AND d.confrelid = c.conrelid
+                                  AND d.conrelid <> ALL($1::text[]::regclass[]))
+                 FROM pg_constraint c
+                 WHERE c.conrelid = ANY($1::text[]::regclass[])
+                   AND (c.contype IN ('p', 'u')
+                        OR (c.contype = 'f' AND c.confrelid = ANY($1::text[]::regclass[])))
+                 ORDER BY (c.contype = 'f') DESC, 1, 2",
+                &[&tables],
+            )
+            .await
+            .map_err(db_error("reading the tables' constraints"))?;
+        let indexes = client
+            .query(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+                 FROM pg_index i
+                 WHERE i.indrelid = ANY($1::text[]::regclass[])
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+                 ORDER BY 1",
+                &[&tables],
+            )
+            .await
+            .map_err(db_error("reading the tables' indexes"))?;
+        let mut deferred = Deferred {
+            keys: Vec::new(),
+            indexes: Vec::new(),
+            foreign_keys: Vec::new(),
+        };
+        let mut drops = Vec::new();
+        // Foreign keys first (they depend on the keys), then keys, then plain indexes.
+        for row in &constraints {
+            let (table, name, kind, def, referenced): (String, String, String, String, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            if kind != "f" && referenced {
+                continue;
+            }
+            drops.push(format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
+            let add = format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}");
+            if kind == "f" {
+                deferred.foreign_keys.push(add);
+            } else {
+                deferred.keys.push(add);
+            }
+        }
+        for row in &indexes {
+            let (name, def): (String, String) = (row.get(0), row.get(1));
+            drops.push(format!("DROP INDEX {name}"));
+            deferred.indexes.push(def);
+        }
+        if !drops.is_empty() {
+            client
+                .batch_execute(&drops.join(";\n"))
+                .await
+                .map_err(db_error("setting indexes aside for the load"))?;
+        }
+        Ok(deferred)
+    }
+
+    async fn restore(self, client: &Client) -> Result<(), ApplyError> {
+        let statements: Vec<String> = self
+            .keys
+            .into_iter()
+            .chain(self.indexes)
+            .chain(self.foreign_keys)
+            .collect();
+        if !statements.is_empty() {
+            client
+                .batch_execute(&statements.join(";\n"))
+                .await
+                .map_err(db_error("rebuilding indexes and constraints after the load"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a session for reading the snapshot.
+pub async fn reader(settings: &Settings, snapshot: &str) -> Result<Client, ApplyError> {
+    let client = db::connect(settings.source_url())
+        .await
+        .map_err(|e| ApplyError::ConnectionLost {
+            context: "connecting the snapshot reader",
+            message: e.to_string(),
+        })?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            db::quote_literal(snapshot)
+        ))
+        .await
+        .map_err(db_error("importing the slot's snapshot"))?;
+    Ok(client)
+}
