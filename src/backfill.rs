@@ -27,6 +27,7 @@ use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCo
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use crate::Lsn;
 use crate::apply::{ApplyError, db_error};
 use crate::config::Settings;
 use crate::db::{self, quote_ident};
@@ -35,7 +36,6 @@ use crate::project::{
     Contact, ContactProjection, FieldContext, FieldValue, ProductRules, ValueTable, misfits,
     project_contact, route_field_value,
 };
-use crate::Lsn;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -56,7 +56,8 @@ pub struct LoadStats {
 }
 
 /// Contact columns as the passes read them (the mirror's order).
-const CONTACT_SELECT: &str = "c.id::uuid, c.workspace_id::uuid, c.firstname::text, c.lastname::text,
+const CONTACT_SELECT: &str =
+    "c.id::uuid, c.workspace_id::uuid, c.firstname::text, c.lastname::text,
     c.email::text, c.phone_number::text, c.st_address::text, c.city::text, c.state::text,
     c.zip::text, c.lead_status::text, c.lead_source::text, c.tags::text,
     c.appointment_status_id::int4, c.appointment_result_id::int4, c.appointment_date::timestamp,
@@ -305,7 +306,11 @@ pub async fn load(
         .await
         .map_err(db_error("reading custom_fields"))?
         .get(0);
-    let context = if has_context { "context_type::text" } else { "NULL::text" };
+    let context = if has_context {
+        "context_type::text"
+    } else {
+        "NULL::text"
+    };
 
     let mut tables: Vec<String> = ["customers", "leads", "appointments"]
         .iter()
@@ -313,9 +318,13 @@ pub async fn load(
         .collect();
     tables.extend(ValueTable::ALL.iter().map(|v| format!("{t}.{}", v.table())));
     tables.extend(
-        ["leadsync.contacts", "leadsync.field_values", "leadsync.fields"]
-            .iter()
-            .map(|n| (*n).to_owned()),
+        [
+            "leadsync.contacts",
+            "leadsync.field_values",
+            "leadsync.fields",
+        ]
+        .iter()
+        .map(|n| (*n).to_owned()),
     );
     let deferred = Deferred::set_aside(apply, &tables).await?;
 
@@ -335,6 +344,7 @@ pub async fn load(
     stats.contacts = count(apply, "leadsync.contacts").await?;
     stats.values = count(apply, "leadsync.field_values").await?;
 
+    let totals = pass_totals(apply).await?;
     let mut parked: HashSet<Uuid> = HashSet::new();
     let mut dead = Vec::new();
     let passes = [
@@ -345,9 +355,10 @@ pub async fn load(
         Pass::Values(ValueTable::LeadCustomFields),
         Pass::Values(ValueTable::AppointmentCustomFields),
     ];
-    for pass in passes {
+    for (pass, total) in passes.into_iter().zip(totals) {
         let rows = copy_pass(
             pass,
+            total,
             apply,
             reader,
             &s,
@@ -393,6 +404,96 @@ pub async fn load(
     Ok((stats, dead))
 }
 
+/// How many source rows each pass reads, from leadsync's state (already loaded), for the
+/// progress display.
+async fn pass_totals(client: &Client) -> Result<[u64; 6], ApplyError> {
+    let row = client
+        .query_one(
+            "WITH c AS (SELECT id, lead_status IS NOT NULL AS lead,
+                               lead_status IS NOT NULL AND appointment_date IS NOT NULL AS appt
+                        FROM leadsync.contacts),
+                  v AS (SELECT COALESCE(f.context_type, 'contact') AS ctx, c.lead, c.appt
+                        FROM leadsync.field_values fv
+                        JOIN c ON c.id = fv.contact_id
+                        LEFT JOIN leadsync.fields f ON f.id = fv.field_id)
+             SELECT (SELECT count(*) FROM c),
+                    (SELECT count(*) FILTER (WHERE lead) FROM c),
+                    (SELECT count(*) FILTER (WHERE appt) FROM c),
+                    (SELECT count(*) FILTER (WHERE ctx = 'contact') FROM v),
+                    (SELECT count(*) FILTER (WHERE ctx = 'lead' AND lead) FROM v),
+                    (SELECT count(*) FILTER (WHERE ctx = 'appointment' AND appt) FROM v)",
+            &[],
+        )
+        .await
+        .map_err(db_error("counting rows to load"))?;
+    let n = |i: usize| row.get::<_, i64>(i) as u64;
+    Ok([n(0), n(1), n(2), n(3), n(4), n(5)])
+}
+
+/// Progress of one pass: a bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    table: &'static str,
+    total: u64,
+    started: Instant,
+    last_log: std::cell::Cell<Instant>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(table: &'static str, total: u64) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>26} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(table);
+            bar
+        });
+        Progress {
+            table,
+            total,
+            started: Instant::now(),
+            last_log: std::cell::Cell::new(Instant::now()),
+            bar,
+        }
+    }
+
+    fn tick(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            if done % 1024 == 0 {
+                bar.set_position(done);
+            }
+            return;
+        }
+        if self.last_log.get().elapsed() > PROGRESS_EVERY {
+            let seconds = self.started.elapsed().as_secs_f64();
+            let rate = done as f64 / seconds.max(0.001);
+            let eta = self.total.saturating_sub(done) as f64 / rate.max(1.0);
+            tracing::info!(
+                table = self.table,
+                done,
+                total = self.total,
+                rows_per_second = rate as u64,
+                eta_seconds = eta as u64,
+                "first load in progress"
+            );
+            self.last_log.set(Instant::now());
+        }
+    }
+
+    fn finish(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.finish();
+        }
+    }
+}
+
 async fn count(client: &Client, table: &str) -> Result<u64, ApplyError> {
     let n: i64 = client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -406,6 +507,7 @@ async fn count(client: &Client, table: &str) -> Result<u64, ApplyError> {
 #[allow(clippy::too_many_arguments)]
 async fn copy_pass(
     pass: Pass,
+    total: u64,
     apply: &Client,
     reader: &Client,
     s: &str,
@@ -438,7 +540,7 @@ async fn copy_pass(
 
     let mut written = 0u64;
     let mut read = 0u64;
-    let mut last_log = Instant::now();
+    let progress = Progress::new(pass.table(), total);
     while let Some(row) = rows.next().await {
         let row = row.map_err(db_error("reading the snapshot"))?;
         read += 1;
@@ -474,11 +576,9 @@ async fn copy_pass(
         if write_row(pass, &row, &projection, writer.as_mut()).await? {
             written += 1;
         }
-        if last_log.elapsed() > PROGRESS_EVERY {
-            tracing::info!(table = pass.table(), read, written, "first load in progress");
-            last_log = Instant::now();
-        }
+        progress.tick(read);
     }
+    progress.finish(read);
     writer
         .as_mut()
         .finish()
@@ -634,7 +734,11 @@ impl ToSql for JsonText<'_> {
 }
 
 /// The types of `columns` of `table`, from the catalog.
-async fn column_types(client: &Client, table: &str, columns: &[&str]) -> Result<Vec<Type>, ApplyError> {
+async fn column_types(
+    client: &Client,
+    table: &str,
+    columns: &[&str],
+) -> Result<Vec<Type>, ApplyError> {
     let names: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
     let rows = client
         .query(
@@ -749,7 +853,9 @@ impl Deferred {
             client
                 .batch_execute(&statements.join(";\n"))
                 .await
-                .map_err(db_error("rebuilding indexes and constraints after the load"))?;
+                .map_err(db_error(
+                    "rebuilding indexes and constraints after the load",
+                ))?;
         }
         Ok(())
     }
@@ -757,12 +863,13 @@ impl Deferred {
 
 /// Opens a session for reading the snapshot.
 pub async fn reader(settings: &Settings, snapshot: &str) -> Result<Client, ApplyError> {
-    let client = db::connect(settings.source_url())
-        .await
-        .map_err(|e| ApplyError::ConnectionLost {
-            context: "connecting the snapshot reader",
-            message: e.to_string(),
-        })?;
+    let client =
+        db::connect(settings.source_url())
+            .await
+            .map_err(|e| ApplyError::ConnectionLost {
+                context: "connecting the snapshot reader",
+                message: e.to_string(),
+            })?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
