@@ -149,12 +149,13 @@ impl Applier {
     /// Opens the target session and binds it to the replication origin named after the
     /// slot. The binding is exclusive: a second daemon on the same slot is refused here.
     pub async fn connect(settings: &Settings) -> Result<Applier, ApplyError> {
-        let client = db::connect(settings.source_url())
-            .await
-            .map_err(|e| ApplyError::ConnectionLost {
-                context: "connecting the apply session",
-                message: e.to_string(),
-            })?;
+        let client =
+            db::connect(settings.source_url())
+                .await
+                .map_err(|e| ApplyError::ConnectionLost {
+                    context: "connecting the apply session",
+                    message: e.to_string(),
+                })?;
         let origin = settings.origin_name();
         match client
             .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])

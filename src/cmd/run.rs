@@ -16,9 +16,9 @@ use tokio_postgres::Client;
 
 use crate::Lsn;
 use crate::apply::{Applier, ApplyError};
+use crate::backfill;
 use crate::config::Settings;
 use crate::control::Shutdown;
-use crate::backfill;
 use crate::decode::{DecodeError, LogicalMessage, decode_message};
 use crate::error::ErrorKind;
 use crate::project::change::Stamped;
@@ -190,7 +190,13 @@ async fn first_load(
             "stopped during the first load; the next run starts it again".into(),
         ));
     }
-    let (stats, dead) = backfill::load(settings, applier.client(), &reader, created.consistent_point).await?;
+    let (stats, dead) = backfill::load(
+        settings,
+        applier.client(),
+        &reader,
+        created.consistent_point,
+    )
+    .await?;
     for letter in &dead {
         applier.park(letter).await?;
     }
