@@ -35,6 +35,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod project;
 pub mod reconcile;
+pub mod resync;
 pub mod schema;
 pub mod source;
 #[cfg(feature = "test-utils")]

@@ -35,6 +35,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read contacts from the source while the daemon streams and rewrite their target
+    /// rows (the repair for drift that validation finds). Needs `leadsync run` running.
+    Resync {
+        /// Only this workspace (default: every contact).
+        #[arg(long)]
+        workspace: Option<uuid::Uuid>,
+        /// File the request and return without waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Start a throwaway PostgreSQL, load generated legacy data and run leadsync on it.
     Demo {
         /// How many contacts to generate.
@@ -89,6 +99,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", assessment.render());
             }
+        }
+        Command::Resync { workspace, no_wait } => {
+            leadsync::resync::request(&settings, workspace, !no_wait).await?;
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }

@@ -277,6 +277,18 @@ CREATE TABLE IF NOT EXISTS leadsync.fields (
     id UUID PRIMARY KEY,
     context_type TEXT
 );
+
+-- `leadsync resync` requests, carried out by the running daemon.
+CREATE TABLE IF NOT EXISTS leadsync.resync_requests (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id UUID,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done')),
+    contacts BIGINT NOT NULL DEFAULT 0,
+    requested_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ
+);
 "#;
 
 /// The row-level-security policies: select, insert, update and delete by workspace

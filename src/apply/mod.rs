@@ -268,9 +268,10 @@ impl Applier {
             .collect();
         let extra_fields: Vec<Uuid> = chunk
             .iter()
-            .filter_map(|s| match &s.change {
-                Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => Some(v.field_id),
-                _ => None,
+            .flat_map(|s| match &s.change {
+                Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => vec![v.field_id],
+                Change::Reset { values, .. } => values.iter().map(|v| v.field_id).collect(),
+                _ => Vec::new(),
             })
             .collect();
         let prior = self.load_prior(&ids, &extra_fields).await?;
@@ -756,6 +757,27 @@ impl Applier {
             .map_err(db_error("reading the checkpoint"))?
             .get(0);
         Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO))
+    }
+
+    /// Records a resync chunk's progress in the open transaction.
+    pub async fn record_resync(
+        &mut self,
+        request: i64,
+        contacts: i64,
+        done: bool,
+    ) -> Result<(), ApplyError> {
+        self.ensure_open().await?;
+        self.client
+            .execute(
+                "UPDATE leadsync.resync_requests SET contacts = contacts + $2,
+                        status = CASE WHEN $3 THEN 'done' ELSE status END,
+                        finished_at = CASE WHEN $3 THEN now() END
+                 WHERE id = $1",
+                &[&request, &contacts, &done],
+            )
+            .await
+            .map_err(db_error("recording resync progress"))?;
+        Ok(())
     }
 
     /// Records the migration phase (`backfill`, `streaming`) in the open transaction.

@@ -23,6 +23,7 @@ use crate::decode::{DecodeError, LogicalMessage, decode_message};
 use crate::error::ErrorKind;
 use crate::project::change::Stamped;
 use crate::project::plan::DeadLetter;
+use crate::resync::Resync;
 use crate::source::convert::{ConvertError, Converter, SourceEvent};
 use crate::source::{self, SourceError, query_error};
 
@@ -121,9 +122,11 @@ async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), Run
             first_load(settings, &mut applier, shutdown).await?
         }
     };
+    let resync = Resync::connect(settings).await?;
     let mut stream = Stream {
         settings,
         applier,
+        resync,
         client,
         converter: Converter::new(&settings.source.schema, &settings.target.schema),
         processed: Lsn::ZERO,
@@ -230,6 +233,7 @@ struct SourceTxn {
 struct Stream<'a> {
     settings: &'a Settings,
     applier: Applier,
+    resync: Resync,
     client: ReplicationClient,
     converter: Converter,
     /// Every change up to here is committed on the target or needed no write.
@@ -257,6 +261,11 @@ impl Stream<'_> {
                 self.commit_pending().await?;
                 return Ok(());
             }
+            // Only with nothing open: a finished request's status commits with the target
+            // transaction, and the side session must not wait on that transaction's locks.
+            if self.txn.is_none() && self.peeked.is_none() && !self.applier.is_open() {
+                self.resync.poll().await?;
+            }
             let event = match self.peeked.take() {
                 Some(event) => event,
                 None if self.pending.is_some() && self.txn.is_none() => {
@@ -272,6 +281,8 @@ impl Stream<'_> {
                 None => tokio::select! {
                     event = self.client.recv() => event,
                     _ = shutdown.changed() => continue,
+                    // Wake up now and then to look for resync requests.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 },
             };
             let Some(event) = event.map_err(SourceError::from)? else {
@@ -333,7 +344,34 @@ impl Stream<'_> {
                     self.advance(Lsn::from(wal_end));
                 }
             }
-            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            ReplicationEvent::Message {
+                lsn,
+                prefix,
+                content,
+                ..
+            } => {
+                if let Some(released) = self.resync.on_message(&prefix, &content) {
+                    let commit_time = self
+                        .txn
+                        .as_ref()
+                        .map(|t| t.commit_time)
+                        .unwrap_or_else(|| Utc::now().naive_utc());
+                    let count = released.changes.len() as i64;
+                    for change in released.changes {
+                        self.applier
+                            .push(Stamped {
+                                change,
+                                commit_time,
+                                lsn: Lsn::from(lsn),
+                            })
+                            .await?;
+                    }
+                    self.applier
+                        .record_resync(released.request, count, released.done)
+                        .await?;
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
     }
@@ -374,6 +412,7 @@ impl Stream<'_> {
         for event in events {
             match event {
                 SourceEvent::Change(change) => {
+                    self.resync.on_change(change.contact_id());
                     self.applier
                         .push(Stamped {
                             change,
@@ -387,6 +426,7 @@ impl Stream<'_> {
                 }
                 SourceEvent::FieldDelete { id } => self.applier.field_delete(id).await?,
                 SourceEvent::Truncate(tables) => {
+                    self.resync.on_truncate();
                     self.applier.truncate(&tables, commit_time, lsn).await?;
                 }
                 SourceEvent::Customer => {}

@@ -171,6 +171,17 @@ pub enum Change {
     UpsertValueKeepingValue(FieldValue),
     /// A `contact_custom_fields` row deleted.
     DeleteValue { contact_id: Uuid, field_id: Uuid },
+    /// A contact's whole state as read again from the source (resync, dead-letter replay):
+    /// the row (`None`: it does not exist) and all its values. Its target rows are rewritten
+    /// whatever leadsync believed they held.
+    Reset {
+        id: Uuid,
+        contact: Option<Contact>,
+        values: Vec<FieldValue>,
+    },
+    /// Rewrite the contact's target rows in full from the state leadsync holds (a resync
+    /// whose read lost to a newer change in the stream).
+    Refresh(Uuid),
 }
 
 impl Change {
@@ -181,6 +192,7 @@ impl Change {
             Change::DeleteContact(id) => *id,
             Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => v.contact_id,
             Change::DeleteValue { contact_id, .. } => *contact_id,
+            Change::Reset { id, .. } | Change::Refresh(id) => *id,
         }
     }
 }

@@ -161,10 +161,14 @@ struct Track {
     lead: Life<Lead>,
     appointment: Life<Appointment>,
     lsn: Lsn,
+    /// Commit time of the contact's last change in the chunk.
+    time: NaiveDateTime,
     /// Columns that arrived unchanged with no prior value to fill them in.
     unknown: Option<Unchanged>,
     /// A field whose value arrived unchanged with no prior value to keep.
     unknown_value: Option<Uuid>,
+    /// The state was read again from the source: write every row in full.
+    forced: bool,
 }
 
 /// Plans one chunk.
@@ -189,12 +193,17 @@ pub fn plan_chunk(
                 ),
                 state,
                 lsn: stamped.lsn,
+                time: stamped.commit_time,
                 unknown: None,
                 unknown_value: None,
+                forced: false,
             }
         });
         track.lsn = stamped.lsn;
-        if track.unknown.is_some() || track.unknown_value.is_some() {
+        track.time = stamped.commit_time;
+        if (track.unknown.is_some() || track.unknown_value.is_some())
+            && !matches!(stamped.change, Change::Reset { .. })
+        {
             // The contact's state is unknown from here on; its dead letter covers the rest.
             continue;
         }
@@ -212,6 +221,21 @@ pub fn plan_chunk(
             Change::DeleteContact(_) => {
                 track.state = None;
                 true
+            }
+            Change::Reset {
+                contact, values, ..
+            } => {
+                // A fresh read makes whatever was unknown known again.
+                track.unknown = None;
+                track.unknown_value = None;
+                track.state = contact.clone();
+                track.values = values.iter().map(|v| (v.field_id, v.clone())).collect();
+                track.forced = true;
+                true
+            }
+            Change::Refresh(_) => {
+                track.forced = true;
+                false
             }
             Change::UpsertValue(value) => {
                 track.values.insert(value.field_id, value.clone());
@@ -345,7 +369,7 @@ fn finish_contact(
         }
     }
 
-    let dirty = prior.dirty.contains(&id);
+    let dirty = prior.dirty.contains(&id) || track.forced;
     let mut writes = ContactWrites {
         contact_id: id,
         customer: row_write(
@@ -355,6 +379,7 @@ fn finish_contact(
             dirty,
             delete_mode,
             id,
+            track.time,
         ),
         lead: row_write(
             &track.lead,
@@ -363,6 +388,7 @@ fn finish_contact(
             dirty,
             delete_mode,
             lead_id_for(id),
+            track.time,
         ),
         appointment: row_write(
             &track.appointment,
@@ -373,6 +399,7 @@ fn finish_contact(
             dirty,
             delete_mode,
             appointment_id_for(id),
+            track.time,
         ),
         values: value_writes(
             prior,
@@ -400,15 +427,16 @@ fn row_write<T: Clone + PartialEq>(
     dirty: bool,
     delete_mode: DeleteMode,
     id: Uuid,
+    time: NaiveDateTime,
 ) -> Option<RowWrite<T>> {
     match now {
         Some(row) => (dirty || before != Some(row)).then(|| RowWrite::Upsert(row.clone())),
-        None if life.ever_live => Some(match delete_mode {
+        // A forced write also clears rows leadsync never knew about (target drift).
+        None if life.ever_live || dirty => Some(match delete_mode {
             DeleteMode::Soft => RowWrite::SoftDelete {
                 id,
                 row: life.last_live.clone(),
-                // ever_live and absent now: the replay saw it go, so the time is set.
-                deleted_at: life.absent_since.unwrap_or_default(),
+                deleted_at: life.absent_since.unwrap_or(time),
             },
             DeleteMode::Hard => RowWrite::HardDelete(id),
         }),

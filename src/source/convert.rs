@@ -249,6 +249,7 @@ fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
                 contact_id,
                 field_id,
             } => Some((*contact_id, Some(*field_id))),
+            Change::Reset { id, .. } | Change::Refresh(id) => Some((*id, None)),
         },
         SourceEvent::FieldUpsert { id, .. } | SourceEvent::FieldDelete { id } => Some((*id, None)),
         SourceEvent::Truncate(_) | SourceEvent::Customer => None,

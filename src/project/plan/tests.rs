@@ -626,3 +626,87 @@ fn an_unchanged_toasted_value_keeps_the_value_leadsync_holds() {
     assert_eq!(p.dead_letters.len(), 1);
     assert!(p.writes.is_empty());
 }
+
+#[test]
+fn a_reset_rewrites_every_row_from_the_fresh_state() {
+    // leadsync believed the contact had no lead; the source says it has one.
+    let stale = contact();
+    let fresh = with_appointment("won");
+    let p = plan(
+        &prior_with(Some(stale), &[value(F_CONTACT, "1"), value(F_LEAD, "2")]),
+        &[at(
+            Change::Reset {
+                id: C,
+                contact: Some(fresh.clone()),
+                values: vec![value(F_LEAD, "3")],
+            },
+            "2024-01-01 00:00:00",
+            10,
+        )],
+    );
+    let projected = project_contact(&fresh, &rules());
+    let w = only_writes(&p);
+    assert!(w.resolves_dead_letters, "a reset is a forced, full write");
+    assert_eq!(
+        w.customer,
+        Some(RowWrite::Upsert(projected.customer.clone()))
+    );
+    assert_eq!(
+        w.lead,
+        Some(RowWrite::Upsert(projected.lead.clone().unwrap()))
+    );
+    assert_eq!(
+        w.appointment,
+        Some(RowWrite::Upsert(projected.appointment.clone().unwrap()))
+    );
+    assert!(w.values.contains(&ValueWrite::Delete {
+        table: ValueTable::CustomerCustomFields,
+        parent_id: C,
+        field_id: F_CONTACT,
+    }));
+    assert!(w.values.contains(&ValueWrite::Upsert(
+        route_field_value(&value(F_LEAD, "3"), &FieldContext::Lead, Some(&projected)).unwrap()
+    )));
+    assert_eq!(p.mirror_contacts, vec![fresh]);
+    assert_eq!(p.mirror_values, vec![value(F_LEAD, "3")]);
+    assert_eq!(p.mirror_values_deleted, vec![(C, F_CONTACT)]);
+
+    // A contact the source no longer has leaves the projection.
+    let p = plan(
+        &prior_with(Some(with_lead("new")), &[]),
+        &[at(
+            Change::Reset {
+                id: C,
+                contact: None,
+                values: vec![],
+            },
+            "2024-01-01 00:00:00",
+            10,
+        )],
+    );
+    let w = only_writes(&p);
+    assert!(matches!(w.customer, Some(RowWrite::SoftDelete { .. })));
+    assert!(matches!(w.lead, Some(RowWrite::SoftDelete { .. })));
+    assert_eq!(p.mirror_contacts_deleted, vec![C]);
+}
+
+#[test]
+fn a_refresh_rewrites_the_rows_leadsync_holds_in_full() {
+    let c = with_lead("new");
+    let p = plan(
+        &prior_with(Some(c.clone()), &[value(F_CONTACT, "1")]),
+        &[at(Change::Refresh(C), "2024-01-01 00:00:00", 10)],
+    );
+    let projected = project_contact(&c, &rules());
+    let w = only_writes(&p);
+    assert_eq!(
+        w.customer,
+        Some(RowWrite::Upsert(projected.customer.clone()))
+    );
+    assert_eq!(
+        w.lead,
+        Some(RowWrite::Upsert(projected.lead.clone().unwrap()))
+    );
+    assert_eq!(w.values.len(), 1);
+    assert!(p.mirror_contacts.is_empty() && p.mirror_values.is_empty());
+}
