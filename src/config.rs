@@ -39,6 +39,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ),
     ("transform", &["product_rules", "case_insensitive"]),
     ("metrics", &["listen"]),
+    ("control", &["pidfile"]),
     ("log", &["format", "level"]),
 ];
 
@@ -75,7 +76,16 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub transform: TransformSettings,
     pub metrics: MetricsSettings,
+    pub control: ControlSettings,
     pub log: LogSettings,
+}
+
+/// How `leadsync ctl` finds the daemon.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSettings {
+    /// The daemon's pidfile; default `<temp dir>/leadsync-<slot name>.pid`.
+    pub pidfile: Option<String>,
 }
 
 /// The legacy database (which also holds the target tables, SPEC §2).

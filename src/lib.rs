@@ -38,6 +38,7 @@ pub mod reconcile;
 pub mod resync;
 pub mod schema;
 pub mod source;
+pub mod status;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 

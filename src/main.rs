@@ -35,6 +35,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause, resume or inspect the running daemon (signals the pid in its pidfile).
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// Re-read contacts from the source while the daemon streams and rewrite their target
     /// rows (the repair for drift that validation finds). Needs `leadsync run` running.
     Resync {
@@ -51,6 +56,16 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         contacts: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Finish the transaction in flight and apply nothing more (SIGUSR1); persisted.
+    Pause,
+    /// Apply again and catch up (SIGUSR2).
+    Resume,
+    /// Whether the daemon runs, is paused, and how far the slot is acknowledged.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -87,10 +102,64 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{report}");
         }
         Command::Run => {
-            let shutdown = leadsync::control::shutdown_on_signals()?;
-            tracing::info!(slot = %settings.slot.name, "leadsync starting");
-            cmd::run::run(&settings, shutdown).await?;
+            let controls = leadsync::control::from_signals()?;
+            let pidfile = leadsync::control::pidfile(&settings);
+            let _pid = leadsync::control::PidFile::create(&pidfile).map_err(|e| {
+                anyhow::anyhow!("cannot write the pidfile {}: {e}", pidfile.display())
+            })?;
+            let status = leadsync::status::SharedStatus::default();
+            tracing::info!(slot = %settings.slot.name, pidfile = %pidfile.display(), "leadsync starting");
+            cmd::run::run(&settings, controls, status).await?;
             tracing::info!("leadsync stopped");
+        }
+        Command::Ctl { action } => {
+            let pidfile = leadsync::control::pidfile(&settings);
+            match action {
+                CtlAction::Pause => {
+                    let pid = leadsync::control::signal_daemon(&pidfile, libc::SIGUSR1)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    println!("asked leadsync (pid {pid}) to pause");
+                }
+                CtlAction::Resume => {
+                    let pid = leadsync::control::signal_daemon(&pidfile, libc::SIGUSR2)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    println!("asked leadsync (pid {pid}) to resume");
+                }
+                CtlAction::Status => {
+                    let pid = leadsync::control::running_pid(&pidfile);
+                    let client = leadsync::db::connect(settings.source_url()).await?;
+                    let row = client
+                        .query_opt(
+                            "SELECT s.phase, s.paused, r.confirmed_flush_lsn::text,
+                                    pg_current_wal_insert_lsn()::text,
+                                    pg_wal_lsn_diff(pg_current_wal_insert_lsn(), r.confirmed_flush_lsn)::bigint
+                             FROM leadsync.sync_state s
+                             LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name
+                             WHERE s.slot_name = $1",
+                            &[&settings.slot.name],
+                        )
+                        .await?;
+                    println!(
+                        "daemon: {}",
+                        pid.map_or(
+                            "not running (no live pid in the pidfile)".into(),
+                            |p| format!("running, pid {p}")
+                        )
+                    );
+                    if let Some(row) = row {
+                        let (phase, paused): (String, bool) = (row.get(0), row.get(1));
+                        let acked: Option<String> = row.get(2);
+                        let lag: Option<i64> = row.get(4);
+                        println!("phase: {phase}{}", if paused { " (paused)" } else { "" });
+                        println!(
+                            "slot acknowledged up to: {} (source at {}, {} bytes behind)",
+                            acked.as_deref().unwrap_or("-"),
+                            row.get::<_, String>(3),
+                            lag.map_or("-".into(), |l| l.to_string())
+                        );
+                    }
+                }
+            }
         }
         Command::Assess { json } => {
             let assessment = cmd::assess::run_assess(&settings).await?;

@@ -67,9 +67,16 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
     println!(
         "== leadsync run: first run creates the slot and loads every contact from its snapshot"
     );
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, _pause, controls) = crate::control::Controls::manual();
     let daemon_settings = settings.clone();
-    let daemon = tokio::spawn(async move { run::run(&daemon_settings, shutdown).await });
+    let daemon = tokio::spawn(async move {
+        run::run(
+            &daemon_settings,
+            controls,
+            crate::status::SharedStatus::default(),
+        )
+        .await
+    });
     let t = Instant::now();
     wait_caught_up(&client, &settings.slot.name).await?;
     println!(

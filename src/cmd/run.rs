@@ -18,17 +18,21 @@ use crate::Lsn;
 use crate::apply::{Applier, ApplyError};
 use crate::backfill;
 use crate::config::Settings;
-use crate::control::Shutdown;
+use crate::control::{Controls, Shutdown};
 use crate::decode::{DecodeError, LogicalMessage, decode_message};
 use crate::error::ErrorKind;
+use crate::metrics as m;
 use crate::project::change::Stamped;
 use crate::project::plan::DeadLetter;
 use crate::resync::Resync;
 use crate::source::convert::{ConvertError, Converter, SourceEvent};
 use crate::source::{self, SourceError, query_error};
+use crate::status::{SharedStatus, State};
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a standby tries to take over.
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
 /// A session that ran this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
@@ -66,32 +70,79 @@ impl RunError {
 }
 
 /// Runs the daemon until shutdown or a fatal error.
-pub async fn run(settings: &Settings, mut shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run(
+    settings: &Settings,
+    mut controls: Controls,
+    status: SharedStatus,
+) -> Result<(), RunError> {
+    status.update(|s| s.slot = settings.slot.name.clone());
     let mut backoff = Duration::from_secs(1);
+    let mut standby_logged = false;
     loop {
         let started = Instant::now();
-        match session(settings, &mut shutdown).await {
-            Ok(()) => return Ok(()),
+        match session(settings, &mut controls, &status).await {
+            Ok(()) => {
+                status.update(|s| s.state = State::Stopped);
+                return Ok(());
+            }
+            Err(RunError::Apply(ApplyError::Locked { detail, .. })) => {
+                // Another instance is active: wait as a standby and take over as soon as
+                // its origin binding goes away (with its session).
+                if !standby_logged {
+                    tracing::info!(%detail, "another leadsync is active on this slot; waiting as a standby");
+                    standby_logged = true;
+                }
+                status.update(|s| s.state = State::Standby);
+                metrics::gauge!(m::STANDBY).set(1.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_RETRY) => {}
+                    _ = controls.shutdown.changed() => {
+                        status.update(|s| s.state = State::Stopped);
+                        return Ok(());
+                    }
+                }
+            }
             Err(e) if e.kind() == ErrorKind::Transient => {
+                metrics::counter!(m::ERRORS_TOTAL, m::KIND => e.kind().label()).increment(1);
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = Duration::from_secs(1);
                 }
                 tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
+                status.update(|s| {
+                    s.state = State::Reconnecting;
+                    s.last_error = Some(e.to_string());
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = controls.shutdown.changed() => {
+                        status.update(|s| s.state = State::Stopped);
+                        return Ok(());
+                    }
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                metrics::counter!(m::ERRORS_TOTAL, m::KIND => e.kind().label()).increment(1);
+                status.update(|s| {
+                    s.state = State::Failed;
+                    s.last_error = Some(e.to_string());
+                });
+                return Err(e);
+            }
         }
     }
 }
 
 /// One connected session: (first load,) then stream until shutdown or error.
-async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), RunError> {
+async fn session(
+    settings: &Settings,
+    controls: &mut Controls,
+    status: &SharedStatus,
+) -> Result<(), RunError> {
+    status.update(|s| s.state = State::Starting);
     let mut applier = Applier::connect(settings).await?;
-    let phase = read_phase(applier.client(), &settings.slot.name).await?;
+    metrics::gauge!(m::STANDBY).set(0.0);
+    let (phase, paused) = read_phase(applier.client(), &settings.slot.name).await?;
     let slot = source::slot_status(applier.client(), &settings.slot.name).await?;
     if slot.wal_status.as_deref() == Some("lost") {
         return Err(SourceError::SlotInvalidated {
@@ -119,7 +170,8 @@ async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), Run
                 tracing::warn!(slot = %settings.slot.name, "an unfinished first load left its slot behind; starting the load again");
                 source::drop_slot(applier.client(), &settings.slot.name).await?;
             }
-            first_load(settings, &mut applier, shutdown).await?
+            status.update(|s| s.state = State::Backfill);
+            first_load(settings, &mut applier, &controls.shutdown).await?
         }
     };
     let resync = Resync::connect(settings).await?;
@@ -133,8 +185,20 @@ async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), Run
         txn: None,
         pending: None,
         peeked: None,
+        status: status.clone(),
+        paused,
+        changes: Vec::new(),
+        dead_letters_seen: 0,
+        oldest_unapplied: None,
     };
-    let result = stream.run(shutdown).await;
+    status.update(|s| {
+        s.state = if paused {
+            State::Paused
+        } else {
+            State::Streaming
+        }
+    });
+    let result = stream.run(controls).await;
     if result.is_err() {
         let _ = stream.applier.rollback().await;
     }
@@ -143,7 +207,7 @@ async fn session(settings: &Settings, shutdown: &mut Shutdown) -> Result<(), Run
     result
 }
 
-async fn read_phase(client: &Client, slot: &str) -> Result<String, RunError> {
+async fn read_phase(client: &Client, slot: &str) -> Result<(String, bool), RunError> {
     let not_set_up = || {
         RunError::NotSetUp(format!(
             "leadsync's state for slot `{slot}` is missing: run `leadsync setup` first"
@@ -151,7 +215,7 @@ async fn read_phase(client: &Client, slot: &str) -> Result<String, RunError> {
     };
     let row = client
         .query_opt(
-            "SELECT phase FROM leadsync.sync_state WHERE slot_name = $1",
+            "SELECT phase, paused FROM leadsync.sync_state WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -159,7 +223,7 @@ async fn read_phase(client: &Client, slot: &str) -> Result<String, RunError> {
             Some("42P01") | Some("3F000") => not_set_up(),
             _ => query_error("reading leadsync's state")(e).into(),
         })?;
-    row.map(|r| r.get(0)).ok_or_else(not_set_up)
+    row.map(|r| (r.get(0), r.get(1))).ok_or_else(not_set_up)
 }
 
 /// First run: slot + snapshot, every legacy row projected, committed with the checkpoint at
@@ -244,6 +308,29 @@ struct Stream<'a> {
     /// checkpoint its commit will carry.
     pending: Option<(Lsn, NaiveDateTime)>,
     peeked: Option<pgwire_replication::Result<Option<ReplicationEvent>>>,
+    status: SharedStatus,
+    /// Paused: apply nothing, leave the stream unread (the reader keeps the connection
+    /// alive with status updates).
+    paused: bool,
+    /// Changes in the open target transaction by (table, op), for the metrics at commit.
+    changes: Vec<(&'static str, &'static str)>,
+    dead_letters_seen: u64,
+    /// Commit time of the oldest source transaction received but not yet committed.
+    oldest_unapplied: Option<NaiveDateTime>,
+}
+
+/// The `table` and `op` labels of a change.
+fn change_label(change: &crate::project::change::Change) -> (&'static str, &'static str) {
+    use crate::project::change::Change;
+    match change {
+        Change::UpsertContact(_) => ("contacts", "upsert"),
+        Change::DeleteContact(_) => ("contacts", "delete"),
+        Change::UpsertValue(_) | Change::UpsertValueKeepingValue(_) => {
+            ("contact_custom_fields", "upsert")
+        }
+        Change::DeleteValue { .. } => ("contact_custom_fields", "delete"),
+        Change::Reset { .. } | Change::Refresh(_) => ("contacts", "resync"),
+    }
 }
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01.
@@ -255,11 +342,26 @@ fn pg_time(micros: i64) -> NaiveDateTime {
 }
 
 impl Stream<'_> {
-    async fn run(&mut self, shutdown: &mut Shutdown) -> Result<(), RunError> {
+    async fn run(&mut self, controls: &mut Controls) -> Result<(), RunError> {
         loop {
-            if *shutdown.borrow() && self.txn.is_none() {
+            if *controls.shutdown.borrow() && self.txn.is_none() {
                 self.commit_pending().await?;
                 return Ok(());
+            }
+            if self.txn.is_none() {
+                let wanted = controls.pause.borrow().unwrap_or(self.paused);
+                if wanted != self.paused || (wanted && self.applier.is_open()) {
+                    self.set_paused(wanted).await?;
+                }
+                if self.paused {
+                    // Nothing is read while paused; the replication reader answers the
+                    // server on its own, so the connection survives any pause.
+                    tokio::select! {
+                        _ = controls.pause.changed() => {}
+                        _ = controls.shutdown.changed() => {}
+                    }
+                    continue;
+                }
             }
             // Only with nothing open: a finished request's status commits with the target
             // transaction, and the side session must not wait on that transaction's locks.
@@ -280,7 +382,8 @@ impl Stream<'_> {
                 }
                 None => tokio::select! {
                     event = self.client.recv() => event,
-                    _ = shutdown.changed() => continue,
+                    _ = controls.shutdown.changed() => continue,
+                    _ = controls.pause.changed() => continue,
                     // Wake up now and then to look for resync requests.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 },
@@ -288,7 +391,7 @@ impl Stream<'_> {
             let Some(event) = event.map_err(SourceError::from)? else {
                 return Err(RunError::StreamEnded);
             };
-            if *shutdown.borrow() && self.txn.is_some() {
+            if *controls.shutdown.borrow() && self.txn.is_some() {
                 // Stopping in the middle of a source transaction: drop it, the next run
                 // receives it again from the checkpoint.
                 self.applier.rollback().await?;
@@ -300,14 +403,43 @@ impl Stream<'_> {
         }
     }
 
+    /// Pauses or resumes at a transaction boundary, and remembers it across restarts.
+    async fn set_paused(&mut self, paused: bool) -> Result<(), RunError> {
+        self.commit_pending().await?;
+        self.applier
+            .client()
+            .execute(
+                "UPDATE leadsync.sync_state SET paused = $2, updated_at = now() WHERE slot_name = $1",
+                &[&self.settings.slot.name, &paused],
+            )
+            .await
+            .map_err(query_error("recording the pause"))?;
+        self.paused = paused;
+        metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
+        self.status.update(|s| {
+            s.paused = paused;
+            s.state = if paused {
+                State::Paused
+            } else {
+                State::Streaming
+            };
+        });
+        if paused {
+            tracing::info!(processed = %self.processed, "paused: applying nothing until resumed");
+        } else {
+            tracing::info!(processed = %self.processed, "resumed: catching up");
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, event: ReplicationEvent) -> Result<(), RunError> {
         match event {
             ReplicationEvent::Begin {
                 commit_time_micros, ..
             } => {
-                self.txn = Some(SourceTxn {
-                    commit_time: pg_time(commit_time_micros),
-                });
+                let commit_time = pg_time(commit_time_micros);
+                self.oldest_unapplied.get_or_insert(commit_time);
+                self.txn = Some(SourceTxn { commit_time });
             }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
@@ -336,6 +468,7 @@ impl Stream<'_> {
                     }
                 } else {
                     // Nothing to write for this transaction.
+                    self.oldest_unapplied = None;
                     self.advance(end);
                 }
             }
@@ -413,6 +546,7 @@ impl Stream<'_> {
             match event {
                 SourceEvent::Change(change) => {
                     self.resync.on_change(change.contact_id());
+                    self.changes.push(change_label(&change));
                     self.applier
                         .push(Stamped {
                             change,
@@ -439,7 +573,23 @@ impl Stream<'_> {
     /// transaction, then acknowledges it.
     async fn commit_pending(&mut self) -> Result<(), RunError> {
         if let Some((lsn, time)) = self.pending.take() {
+            let age = self.applier.txn_age();
             self.applier.commit(lsn, time).await?;
+            metrics::histogram!(m::APPLY_SECONDS).record(age.as_secs_f64());
+            metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
+            self.changes.sort_unstable();
+            for group in self.changes.chunk_by(|a, b| a == b) {
+                let (table, op) = group[0];
+                metrics::counter!(m::CHANGES_TOTAL, m::TABLE => table, m::OP => op)
+                    .increment(group.len() as u64);
+            }
+            self.changes.clear();
+            let parked = self.applier.stats.dead_letters - self.dead_letters_seen;
+            if parked > 0 {
+                metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(parked);
+                self.dead_letters_seen = self.applier.stats.dead_letters;
+            }
+            self.oldest_unapplied = None;
             self.advance(lsn);
         }
         Ok(())
@@ -449,6 +599,21 @@ impl Stream<'_> {
         if lsn > self.processed {
             self.processed = lsn;
             self.client.update_applied_lsn(lsn.into());
+            metrics::gauge!(m::APPLIED_LSN).set(lsn.0 as f64);
         }
+        let lag = self
+            .oldest_unapplied
+            .map(|t| (Utc::now().naive_utc() - t).as_seconds_f64().max(0.0))
+            .unwrap_or(0.0);
+        metrics::gauge!(m::LAG_SECONDS).set(lag);
+        let stats = self.applier.stats;
+        let processed = self.processed;
+        self.status.update(|s| {
+            s.processed_lsn = Some(processed.to_string());
+            s.lag_seconds = lag;
+            s.counters.changes = stats.changes;
+            s.counters.transactions = stats.transactions;
+            s.counters.dead_letters = stats.dead_letters;
+        });
     }
 }

@@ -1,0 +1,91 @@
+//! What the daemon is doing right now, shared between the engine (which writes it) and the
+//! HTTP endpoints (which read it).
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+/// The daemon's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Connecting, reading the checkpoint.
+    #[default]
+    Starting,
+    /// Waiting because another instance holds the slot.
+    Standby,
+    /// Loading existing rows (first run).
+    Backfill,
+    /// Applying changes from the slot.
+    Streaming,
+    /// Paused by the operator: the slot connection is kept, nothing is applied.
+    Paused,
+    /// The connection was lost; retrying with backoff.
+    Reconnecting,
+    /// Stopped on an error the operator must act on.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+}
+
+/// Progress of the first load.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillProgress {
+    pub table: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Counters since the process started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counters {
+    pub changes: u64,
+    pub transactions: u64,
+    pub dead_letters: u64,
+}
+
+/// A snapshot of the daemon's state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub state: State,
+    pub slot: String,
+    /// Every source change up to here is committed on the target or needed no write.
+    pub processed_lsn: Option<String>,
+    /// The source's WAL position when last sampled.
+    pub source_lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: f64,
+    pub paused: bool,
+    pub backfill: Option<BackfillProgress>,
+    pub counters: Counters,
+    pub last_error: Option<String>,
+}
+
+/// The status, shared.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStatus(Arc<RwLock<Status>>);
+
+impl SharedStatus {
+    /// A copy of the current status.
+    pub fn get(&self) -> Status {
+        self.0.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Changes the status in place.
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        if let Ok(mut status) = self.0.write() {
+            change(&mut status);
+        }
+    }
+
+    /// Healthy: alive and not stopped on an error.
+    pub fn healthy(&self) -> bool {
+        self.get().state != State::Failed
+    }
+
+    /// Ready (for a sidecar's pod): healthy, and either doing its job (including a first
+    /// load or a pause) or a standby waiting its turn.
+    pub fn ready(&self) -> bool {
+        !matches!(self.get().state, State::Failed | State::Stopped)
+    }
+}

@@ -1,0 +1,149 @@
+//! Operator controls on a real process: pause and resume by signal (persisted across a
+//! restart, longer than `wal_sender_timeout`), `leadsync ctl`, and a standby taking over.
+
+use std::time::Duration;
+
+use leadsync::cmd::setup::run_setup;
+use leadsync::testing::{Daemon, TestDb, daemon_env};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
+
+async fn ready(db: &TestDb) {
+    let client = db.client().await;
+    leadsync::fixtures::generate_demo_data(&client, 500)
+        .await
+        .unwrap();
+    run_setup(&db.settings()).await.unwrap();
+}
+
+fn env_with_pidfile(db: &TestDb) -> Vec<(String, String)> {
+    let mut env = daemon_env(db);
+    let pidfile = std::env::temp_dir().join(format!("leadsync-test-{}.pid", db.slot));
+    env.push((
+        "LEADSYNC_CONTROL__PIDFILE".into(),
+        pidfile.display().to_string(),
+    ));
+    env
+}
+
+fn ctl(env: &[(String, String)], action: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", action])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ctl {action}: {text}");
+    text
+}
+
+async fn count_leads_with(db: &TestDb, disposition: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM leads WHERE disposition = $1 AND deleted_at IS NULL",
+            &[&disposition],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn walsender_pid(db: &TestDb) -> Option<i32> {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up() {
+    let db = TestDb::spawn().await;
+    ready(&db).await;
+    let env = env_with_pidfile(&db);
+    let mut daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+
+    // The pidfile appears once the daemon runs.
+    let text = ctl(&env, "pause");
+    assert!(text.contains("pause"), "{text}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE contacts SET lead_status = 'held' WHERE id IN
+               (SELECT id FROM contacts ORDER BY id LIMIT 25)",
+        )
+        .await
+        .unwrap();
+    let walsender = walsender_pid(&db).await;
+    assert!(walsender.is_some());
+    // Longer than the test cluster's wal_sender_timeout (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        count_leads_with(&db, "held").await,
+        0,
+        "applied while paused"
+    );
+    assert_eq!(
+        walsender_pid(&db).await,
+        walsender,
+        "the slot connection did not survive the pause: {}",
+        daemon.log()
+    );
+    let status = ctl(&env, "status");
+    assert!(status.contains("(paused)"), "{status}");
+
+    // A restart comes back paused.
+    let code = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert_eq!(code.map(|c| c.code()), Some(Some(0)), "{}", daemon.log());
+    let daemon = Daemon::start(BIN, &env);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count_leads_with(&db, "held").await, 0, "{}", daemon.log());
+
+    ctl(&env, "resume");
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    assert!(count_leads_with(&db, "held").await > 0);
+    db.assert_projection(&db.settings()).await;
+    let status = ctl(&env, "status");
+    assert!(!status.contains("(paused)"), "{status}");
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_active_daemon_dies() {
+    let db = TestDb::spawn().await;
+    ready(&db).await;
+    let mut first = Daemon::start(BIN, &daemon_env(&db));
+    db.wait_caught_up(Duration::from_secs(60), &|| first.log())
+        .await;
+    let second = Daemon::start(BIN, &daemon_env(&db));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !second.log().contains("standby") {
+        assert!(std::time::Instant::now() < deadline, "{}", second.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE contacts SET lead_status = 'taken_over' WHERE id IN
+               (SELECT id FROM contacts ORDER BY id LIMIT 10)",
+        )
+        .await
+        .unwrap();
+    db.wait_caught_up(Duration::from_secs(60), &|| second.log())
+        .await;
+    assert!(count_leads_with(&db, "taken_over").await > 0);
+    db.assert_projection(&db.settings()).await;
+}
