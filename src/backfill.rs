@@ -33,8 +33,8 @@ use crate::config::Settings;
 use crate::db::{self, quote_ident};
 use crate::project::plan::{DeadLetter, contact_payload};
 use crate::project::{
-    Contact, ContactProjection, FieldContext, FieldValue, ProductRules, ValueTable, misfits,
-    project_contact, route_field_value,
+    CONTACT_COLUMNS, Contact, ContactProjection, FieldContext, FieldValue, ProductRules,
+    ValueTable, contact_select, misfits, project_contact, route_field_value,
 };
 
 /// How often progress is logged.
@@ -55,59 +55,13 @@ pub struct LoadStats {
     pub seconds: f64,
 }
 
-/// Contact columns as the passes read them (the mirror's order).
-const CONTACT_SELECT: &str =
-    "c.id::uuid, c.workspace_id::uuid, c.firstname::text, c.lastname::text,
-    c.email::text, c.phone_number::text, c.st_address::text, c.city::text, c.state::text,
-    c.zip::text, c.lead_status::text, c.lead_source::text, c.tags::text,
-    c.appointment_status_id::int4, c.appointment_result_id::int4, c.appointment_date::timestamp,
-    c.priority::int4, c.created_at::timestamp, c.updated_at::timestamp, c.created_by::uuid";
-
-const CONTACT_TYPES: [Type; 20] = [
-    Type::UUID,
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::TIMESTAMP,
-    Type::INT4,
-    Type::TIMESTAMP,
-    Type::TIMESTAMP,
-    Type::UUID,
-];
-
-fn contact_from_copy(row: &BinaryCopyOutRow) -> Contact {
-    Contact {
-        id: row.get(0),
-        workspace_id: row.get(1),
-        firstname: row.get(2),
-        lastname: row.get(3),
-        email: row.get(4),
-        phone_number: row.get(5),
-        st_address: row.get(6),
-        city: row.get(7),
-        state: row.get(8),
-        zip: row.get(9),
-        lead_status: row.get(10),
-        lead_source: row.get(11),
-        tags: row.get(12),
-        appointment_status_id: row.get(13),
-        appointment_result_id: row.get(14),
-        appointment_date: row.get(15),
-        priority: row.get(16),
-        created_at: row.get(17),
-        updated_at: row.get(18),
-        created_by: row.get(19),
+/// The binary COPY type of a column read as `ty` (see [`CONTACT_COLUMNS`]).
+fn copy_type(ty: &str) -> Type {
+    match ty {
+        "uuid" => Type::UUID,
+        "int4" => Type::INT4,
+        "timestamp" => Type::TIMESTAMP,
+        _ => Type::TEXT,
     }
 }
 
@@ -226,13 +180,14 @@ impl Pass {
                 other => format!("f.context_type = '{other}'"),
             }
         };
+        let contact = contact_select("c");
         match self {
-            Pass::Customers => format!("SELECT {CONTACT_SELECT} FROM {s}.contacts c"),
-            Pass::Leads => format!(
-                "SELECT {CONTACT_SELECT} FROM {s}.contacts c WHERE c.lead_status IS NOT NULL"
-            ),
+            Pass::Customers => format!("SELECT {contact} FROM {s}.contacts c"),
+            Pass::Leads => {
+                format!("SELECT {contact} FROM {s}.contacts c WHERE c.lead_status IS NOT NULL")
+            }
             Pass::Appointments => format!(
-                "SELECT {CONTACT_SELECT} FROM {s}.contacts c
+                "SELECT {contact} FROM {s}.contacts c
                  WHERE c.lead_status IS NOT NULL AND c.appointment_date IS NOT NULL"
             ),
             Pass::Values(table) => {
@@ -245,7 +200,7 @@ impl Pass {
                     ),
                 };
                 format!(
-                    "SELECT {CONTACT_SELECT}, v.field_id::uuid, v.value::text,
+                    "SELECT {contact}, v.field_id::uuid, v.value::text,
                             v.created_at::timestamp, v.updated_at::timestamp, v.created_by::uuid
                      FROM {s}.contact_custom_fields v
                      JOIN {s}.contacts c ON c.id = v.contact_id
@@ -258,7 +213,10 @@ impl Pass {
     }
 
     fn source_types(self) -> Vec<Type> {
-        let mut types = CONTACT_TYPES.to_vec();
+        let mut types: Vec<Type> = CONTACT_COLUMNS
+            .iter()
+            .map(|(_, ty)| copy_type(ty))
+            .collect();
         if let Pass::Values(_) = self {
             types.extend([
                 Type::UUID,
@@ -329,10 +287,11 @@ pub async fn load(
     let deferred = Deferred::set_aside(apply, &tables).await?;
 
     // leadsync's state: plain copies of the legacy rows, server-side.
+    let contact = contact_select("c");
     let state_sql = format!(
         "TRUNCATE leadsync.contacts, leadsync.field_values, leadsync.fields;
          INSERT INTO leadsync.fields (id, context_type) SELECT id, {context} FROM {s}.custom_fields;
-         INSERT INTO leadsync.contacts SELECT {CONTACT_SELECT} FROM {s}.contacts c;
+         INSERT INTO leadsync.contacts SELECT {contact} FROM {s}.contacts c;
          INSERT INTO leadsync.field_values (contact_id, field_id, value, created_at, updated_at, created_by)
            SELECT contact_id, field_id, value, created_at, updated_at, created_by
            FROM {s}.contact_custom_fields;"
@@ -544,7 +503,7 @@ async fn copy_pass(
     while let Some(row) = rows.next().await {
         let row = row.map_err(db_error("reading the snapshot"))?;
         read += 1;
-        let contact = contact_from_copy(&row);
+        let contact = Contact::from_columns(&row);
         let projection = project_contact(&contact, rules);
         if let Pass::Customers = pass {
             let found = misfits(&projection);
@@ -671,13 +630,14 @@ async fn write_row(
                 .await
         }
         Pass::Values(table) => {
+            // The row is the contact's columns, then the value's (without its contact id).
             let value = FieldValue {
                 contact_id: p.customer.cst_id,
-                field_id: row.get(20),
-                value: row.get(21),
-                created_at: row.get(22),
-                updated_at: row.get(23),
-                created_by: row.get(24),
+                field_id: row.get(CONTACT_COLUMNS.len()),
+                value: row.get(CONTACT_COLUMNS.len() + 1),
+                created_at: row.get(CONTACT_COLUMNS.len() + 2),
+                updated_at: row.get(CONTACT_COLUMNS.len() + 3),
+                created_by: row.get(CONTACT_COLUMNS.len() + 4),
             };
             let context = match table {
                 ValueTable::CustomerCustomFields => FieldContext::Contact,

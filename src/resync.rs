@@ -21,7 +21,7 @@ use crate::apply::{ApplyError, contact_from_row, db_error, value_from_row};
 use crate::config::Settings;
 use crate::db::{self, quote_ident};
 use crate::project::change::Change;
-use crate::project::{Contact, FieldValue};
+use crate::project::{Contact, FieldValue, contact_select};
 
 /// Prefix of the watermark messages.
 pub const MESSAGE_PREFIX: &str = "leadsync-resync";
@@ -202,13 +202,8 @@ impl Resync {
             .side
             .query(
                 &format!(
-                    "SELECT id::uuid, workspace_id::uuid, firstname::text, lastname::text,
-                            email::text, phone_number::text, st_address::text, city::text,
-                            state::text, zip::text, lead_status::text, lead_source::text,
-                            tags::text, appointment_status_id::int4, appointment_result_id::int4,
-                            appointment_date::timestamp, priority::int4, created_at::timestamp,
-                            updated_at::timestamp, created_by::uuid
-                     FROM {s}.contacts WHERE id = ANY($1)"
+                    "SELECT {} FROM {s}.contacts c WHERE c.id = ANY($1)",
+                    contact_select("c")
                 ),
                 &[&all],
             )

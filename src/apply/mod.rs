@@ -801,40 +801,12 @@ fn is_foreign_key_violation(e: &ApplyError) -> bool {
     matches!(e, ApplyError::Db { sqlstate: Some(code), .. } if code == "23503")
 }
 
-/// A mirror row as a [`Contact`]; columns in [`sql::MIRROR_CONTACT_COLUMNS`] order.
+/// A mirror row as a [`Contact`] (columns in [`crate::project::CONTACT_COLUMNS`] order).
 pub fn contact_from_row(row: &Row) -> Contact {
-    Contact {
-        id: row.get(0),
-        workspace_id: row.get(1),
-        firstname: row.get(2),
-        lastname: row.get(3),
-        email: row.get(4),
-        phone_number: row.get(5),
-        st_address: row.get(6),
-        city: row.get(7),
-        state: row.get(8),
-        zip: row.get(9),
-        lead_status: row.get(10),
-        lead_source: row.get(11),
-        tags: row.get(12),
-        appointment_status_id: row.get(13),
-        appointment_result_id: row.get(14),
-        appointment_date: row.get(15),
-        priority: row.get(16),
-        created_at: row.get(17),
-        updated_at: row.get(18),
-        created_by: row.get(19),
-    }
+    Contact::from_columns(row)
 }
 
 /// A `(contact_id, field_id, value::text, created_at, updated_at, created_by)` row.
 pub fn value_from_row(row: &Row) -> FieldValue {
-    FieldValue {
-        contact_id: row.get(0),
-        field_id: row.get(1),
-        value: row.get(2),
-        created_at: row.get(3),
-        updated_at: row.get(4),
-        created_by: row.get(5),
-    }
+    FieldValue::from_columns(row, 0)
 }

@@ -3,7 +3,7 @@
 //! round trips.
 
 use crate::db::quote_ident;
-use crate::project::ValueTable;
+use crate::project::{CONTACT_COLUMNS, ValueTable};
 
 /// A column of a batched statement: its name, the array type its parameter has, and the
 /// expression that turns the unnested value into the column's type.
@@ -76,53 +76,6 @@ const APPOINTMENT_COLUMNS: &[Column] = &[
     col("created_by", "uuid"),
     col("migrated_from_contact_id", "uuid"),
     col("deleted_at", "timestamp"),
-];
-
-/// Mirror of `contacts`, in the order [`crate::project::Contact`] lists its fields.
-pub const MIRROR_CONTACT_COLUMNS: &[&str] = &[
-    "id",
-    "workspace_id",
-    "firstname",
-    "lastname",
-    "email",
-    "phone_number",
-    "st_address",
-    "city",
-    "state",
-    "zip",
-    "lead_status",
-    "lead_source",
-    "tags",
-    "appointment_status_id",
-    "appointment_result_id",
-    "appointment_date",
-    "priority",
-    "created_at",
-    "updated_at",
-    "created_by",
-];
-
-const MIRROR_CONTACT_TYPES: &[&str] = &[
-    "uuid",
-    "uuid",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "int4",
-    "int4",
-    "timestamp",
-    "int4",
-    "timestamp",
-    "timestamp",
-    "uuid",
 ];
 
 /// `INSERT … SELECT FROM unnest(…) ON CONFLICT (key) DO UPDATE` that only rewrites rows
@@ -231,15 +184,19 @@ impl Sql {
                 v.parent_column()
             )
         };
-        let mirror_params: Vec<String> = MIRROR_CONTACT_TYPES
+        let mirror_params: Vec<String> = CONTACT_COLUMNS
             .iter()
             .enumerate()
-            .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+            .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
             .collect();
-        let mirror_cols = MIRROR_CONTACT_COLUMNS.join(", ");
-        let mirror_set: Vec<String> = MIRROR_CONTACT_COLUMNS[1..]
+        let mirror_cols = CONTACT_COLUMNS
             .iter()
-            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mirror_set: Vec<String> = CONTACT_COLUMNS[1..]
+            .iter()
+            .map(|(c, _)| format!("{c} = EXCLUDED.{c}"))
             .collect();
         Sql {
             upsert_customers: upsert(&table("customers"), "cst_id", CUSTOMER_COLUMNS, true),

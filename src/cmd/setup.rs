@@ -19,47 +19,22 @@ use crate::schema::{self, PUBLISHED_LEGACY_TABLES, STATE_SCHEMA};
 const MIN_SERVER_VERSION: i32 = 150_000;
 
 /// Legacy columns the projection reads, per table. A missing one stops setup.
-pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
-    (
-        "contacts",
-        &[
-            "id",
-            "workspace_id",
-            "firstname",
-            "lastname",
-            "email",
-            "phone_number",
-            "st_address",
-            "city",
-            "state",
-            "zip",
-            "lead_status",
-            "lead_source",
-            "tags",
-            "appointment_status_id",
-            "appointment_result_id",
-            "appointment_date",
-            "priority",
-            "created_at",
-            "updated_at",
-            "created_by",
-        ],
-    ),
-    (
-        "contact_custom_fields",
-        &[
-            "contact_id",
-            "field_id",
-            "value",
-            "created_at",
-            "updated_at",
-            "created_by",
-        ],
-    ),
-    ("custom_fields", &["id", "workspace_id"]),
-    ("workspaces", &["id"]),
-    ("workspace_users", &["workspace_id", "user_id"]),
-];
+pub fn required_columns() -> Vec<(&'static str, Vec<&'static str>)> {
+    use crate::project::{CONTACT_COLUMNS, VALUE_COLUMNS};
+    vec![
+        (
+            "contacts",
+            CONTACT_COLUMNS.iter().map(|(n, _)| *n).collect(),
+        ),
+        (
+            "contact_custom_fields",
+            VALUE_COLUMNS.iter().map(|(n, _)| *n).collect(),
+        ),
+        ("custom_fields", vec!["id", "workspace_id"]),
+        ("workspaces", vec!["id"]),
+        ("workspace_users", vec!["workspace_id", "user_id"]),
+    ]
+}
 
 /// A precondition that does not hold, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +234,7 @@ pub async fn check_preconditions(
 
     let source = &settings.source.schema;
     let mut tables_present = true;
-    for (table, columns) in REQUIRED_COLUMNS {
+    for (table, columns) in required_columns() {
         let present: Vec<String> = client
             .query(
                 "SELECT a.attname::text FROM pg_attribute a
@@ -267,7 +242,7 @@ pub async fn check_preconditions(
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
                    AND a.attnum > 0 AND NOT a.attisdropped",
-                &[source, table],
+                &[source, &table],
             )
             .await?
             .iter()
@@ -280,11 +255,11 @@ pub async fn check_preconditions(
             });
             continue;
         }
-        for column in *columns {
+        for column in columns {
             if !present.iter().any(|p| p == column) {
                 problems.push(Problem::MissingColumn {
                     table: format!("{source}.{table}"),
-                    column: (*column).to_owned(),
+                    column: column.to_owned(),
                 });
             }
         }

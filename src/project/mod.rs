@@ -17,6 +17,111 @@ pub use rules::ProductRules;
 use chrono::{Duration, NaiveDateTime};
 use uuid::Uuid;
 
+/// The legacy `contacts` columns the projection reads, in [`Contact`]'s field order, each
+/// with the SQL type leadsync reads it as. Every reader of contacts (stream, first load,
+/// resync, leadsync's state) uses this one list.
+pub const CONTACT_COLUMNS: [(&str, &str); 20] = [
+    ("id", "uuid"),
+    ("workspace_id", "uuid"),
+    ("firstname", "text"),
+    ("lastname", "text"),
+    ("email", "text"),
+    ("phone_number", "text"),
+    ("st_address", "text"),
+    ("city", "text"),
+    ("state", "text"),
+    ("zip", "text"),
+    ("lead_status", "text"),
+    ("lead_source", "text"),
+    ("tags", "text"),
+    ("appointment_status_id", "int4"),
+    ("appointment_result_id", "int4"),
+    ("appointment_date", "timestamp"),
+    ("priority", "int4"),
+    ("created_at", "timestamp"),
+    ("updated_at", "timestamp"),
+    ("created_by", "uuid"),
+];
+
+/// The legacy `contact_custom_fields` columns, in [`FieldValue`]'s field order.
+pub const VALUE_COLUMNS: [(&str, &str); 6] = [
+    ("contact_id", "uuid"),
+    ("field_id", "uuid"),
+    ("value", "text"),
+    ("created_at", "timestamp"),
+    ("updated_at", "timestamp"),
+    ("created_by", "uuid"),
+];
+
+/// `alias.column::type, …` for a SELECT that yields rows in [`CONTACT_COLUMNS`] order.
+pub fn contact_select(alias: &str) -> String {
+    CONTACT_COLUMNS
+        .iter()
+        .map(|(name, ty)| format!("{alias}.{name}::{ty}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Something rows can be read from by position (a query row, a binary COPY row).
+pub trait Columns {
+    /// The value at `index`, converted.
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T;
+}
+
+impl Columns for tokio_postgres::Row {
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T {
+        self.get(index)
+    }
+}
+
+impl Columns for tokio_postgres::binary_copy::BinaryCopyOutRow {
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T {
+        self.get(index)
+    }
+}
+
+impl Contact {
+    /// A contact from a row in [`CONTACT_COLUMNS`] order.
+    pub fn from_columns(row: &impl Columns) -> Contact {
+        Contact {
+            id: row.column(0),
+            workspace_id: row.column(1),
+            firstname: row.column(2),
+            lastname: row.column(3),
+            email: row.column(4),
+            phone_number: row.column(5),
+            st_address: row.column(6),
+            city: row.column(7),
+            state: row.column(8),
+            zip: row.column(9),
+            lead_status: row.column(10),
+            lead_source: row.column(11),
+            tags: row.column(12),
+            appointment_status_id: row.column(13),
+            appointment_result_id: row.column(14),
+            appointment_date: row.column(15),
+            priority: row.column(16),
+            created_at: row.column(17),
+            updated_at: row.column(18),
+            created_by: row.column(19),
+        }
+    }
+}
+
+impl FieldValue {
+    /// A value from a row in [`VALUE_COLUMNS`] order, starting at `offset`.
+    pub fn from_columns(row: &impl Columns, offset: usize) -> FieldValue {
+        FieldValue {
+            contact_id: row.column(offset),
+            field_id: row.column(offset + 1),
+            value: row.column(offset + 2),
+            created_at: row.column(offset + 3),
+            updated_at: row.column(offset + 4),
+            created_by: row.column(offset + 5),
+        }
+    }
+}
+
 /// A legacy `contacts` row: the columns the projection reads.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Contact {

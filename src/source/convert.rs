@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::decode::{Datum, LogicalMessage, OldTuple, Relation, Tuple};
 use crate::project::change::{Change, ContactImage, ToastableColumn, Unchanged};
-use crate::project::{Contact, FieldValue};
+use crate::project::{CONTACT_COLUMNS, Contact, FieldValue, VALUE_COLUMNS};
 
 /// The tables leadsync reads from the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,37 +86,10 @@ struct Layout {
     positions: HashMap<&'static str, usize>,
 }
 
-const CONTACT_COLUMNS: [&str; 20] = [
-    "id",
-    "workspace_id",
-    "firstname",
-    "lastname",
-    "email",
-    "phone_number",
-    "st_address",
-    "city",
-    "state",
-    "zip",
-    "lead_status",
-    "lead_source",
-    "tags",
-    "appointment_status_id",
-    "appointment_result_id",
-    "appointment_date",
-    "priority",
-    "created_at",
-    "updated_at",
-    "created_by",
-];
-
-const VALUE_COLUMNS: [&str; 6] = [
-    "contact_id",
-    "field_id",
-    "value",
-    "created_at",
-    "updated_at",
-    "created_by",
-];
+/// Column names of a table the projection reads.
+fn names<const N: usize>(columns: &[(&'static str, &'static str); N]) -> [&'static str; N] {
+    columns.map(|(name, _)| name)
+}
 
 /// Relation layouts and the conversion of row changes.
 #[derive(Debug, Clone)]
@@ -150,9 +123,11 @@ impl Converter {
                 return Ok(());
             }
         };
+        let contact_names = names(&CONTACT_COLUMNS);
+        let value_names = names(&VALUE_COLUMNS);
         let (required, optional): (&[&'static str], &[&'static str]) = match table {
-            SourceTable::Contacts => (&CONTACT_COLUMNS, &[]),
-            SourceTable::ContactCustomFields => (&VALUE_COLUMNS, &[]),
+            SourceTable::Contacts => (&contact_names, &[]),
+            SourceTable::ContactCustomFields => (&value_names, &[]),
             SourceTable::CustomFields => (&["id"], &["context_type"]),
             SourceTable::Customers => (&["cst_id"], &[]),
         };

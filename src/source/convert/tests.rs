@@ -28,7 +28,7 @@ fn relation(id: u32, ns: &str, name: &str, columns: &[&str]) -> Relation {
 
 /// contacts with an extra legacy column `notes` in the middle, which must be ignored.
 fn contacts_relation() -> Relation {
-    let mut columns: Vec<&str> = CONTACT_COLUMNS.to_vec();
+    let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
     columns.insert(5, "notes");
     relation(16400, "public", "contacts", &columns)
 }
@@ -189,7 +189,7 @@ fn values_fields_and_truncates() {
         16401,
         "public",
         "contact_custom_fields",
-        &VALUE_COLUMNS,
+        &names(&VALUE_COLUMNS),
     ))
     .unwrap();
     c.observe_relation(&relation(
@@ -294,7 +294,7 @@ fn other_schemas_and_tables_are_ignored() {
 #[test]
 fn dropping_a_projected_column_is_an_error_but_an_unread_one_is_not() {
     let mut c = converter();
-    let mut columns: Vec<&str> = CONTACT_COLUMNS.to_vec();
+    let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
     columns.retain(|c| *c != "tags");
     let err = c
         .observe_relation(&relation(16400, "public", "contacts", &columns))
@@ -308,7 +308,7 @@ fn dropping_a_projected_column_is_an_error_but_an_unread_one_is_not() {
     );
     assert!(!err.is_bad_row());
     // Without `notes` (not projected), and with a new column at the end: fine.
-    let mut columns: Vec<&str> = CONTACT_COLUMNS.to_vec();
+    let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
     columns.push("loyalty_tier");
     c.observe_relation(&relation(16400, "public", "contacts", &columns))
         .unwrap();
