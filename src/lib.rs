@@ -15,6 +15,7 @@
 //!   the plan of writes for a chunk of changes.
 //! - [`apply`]: I/O; one target transaction = writes + leadsync's state + checkpoint.
 //! - [`control`]: signals → shutdown.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`, and the lag sampler.
 //! - [`reconcile`]: the target compared row by row with an SQL projection of the source.
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
 //! - [`cmd`]: one module per subcommand.
@@ -31,6 +32,7 @@ pub mod db;
 pub mod decode;
 pub mod error;
 pub mod fixtures;
+pub mod http;
 pub mod lsn;
 pub mod metrics;
 pub mod project;

@@ -108,6 +108,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("cannot write the pidfile {}: {e}", pidfile.display())
             })?;
             let status = leadsync::status::SharedStatus::default();
+            let metrics = leadsync::metrics::install_recorder()?;
+            let addr = settings.metrics_addr()?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen = {addr}: {e}"))?;
+            tokio::spawn(leadsync::http::serve(
+                listener,
+                status.clone(),
+                metrics,
+                controls.shutdown.clone(),
+            ));
+            tokio::spawn(leadsync::http::sample_lag(
+                settings.clone(),
+                status.clone(),
+                controls.shutdown.clone(),
+            ));
             tracing::info!(slot = %settings.slot.name, pidfile = %pidfile.display(), "leadsync starting");
             cmd::run::run(&settings, controls, status).await?;
             tracing::info!("leadsync stopped");

@@ -25,6 +25,8 @@ use crate::project::{Contact, FieldValue, contact_select};
 
 /// Prefix of the watermark messages.
 pub const MESSAGE_PREFIX: &str = "leadsync-resync";
+/// Prefix of the heartbeat messages.
+pub const HEARTBEAT_PREFIX: &str = "leadsync-heartbeat";
 /// Contacts read per chunk.
 const CHUNK: i64 = 1_000;
 /// How often the daemon looks for new requests.
@@ -249,6 +251,20 @@ impl Resync {
             upper,
             last,
         });
+        Ok(())
+    }
+
+    /// Writes a heartbeat into the WAL: a non-transactional message the stream delivers at
+    /// once, so an idle daemon moves its slot forward even when the only activity on the
+    /// server is in tables it does not read (which the server does not report promptly).
+    pub async fn heartbeat(&self) -> Result<(), ApplyError> {
+        self.side
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, '')",
+                &[&HEARTBEAT_PREFIX],
+            )
+            .await
+            .map_err(db_error("writing a heartbeat"))?;
         Ok(())
     }
 

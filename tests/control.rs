@@ -147,3 +147,62 @@ async fn a_standby_takes_over_when_the_active_daemon_dies() {
     assert!(count_leads_with(&db, "taken_over").await > 0);
     db.assert_projection(&db.settings()).await;
 }
+
+/// With the server's default `wal_sender_timeout` (60 s) the server itself reports its WAL
+/// position only every 30 s while it skips unpublished work; the daemon's heartbeat keeps
+/// the slot moving anyway.
+#[tokio::test]
+async fn heartbeats_advance_the_slot_while_only_unpublished_tables_are_busy() {
+    use leadsync::cluster::{ClusterOptions, TempCluster};
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let db = TestDb::spawn_on(cluster.port(), true).await;
+    ready(&db).await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE noise (id bigserial PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(BIN, &daemon_env(&db));
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+
+    let noise = |seconds: u64| {
+        let client = &client;
+        async move {
+            let until = std::time::Instant::now() + Duration::from_secs(seconds);
+            while std::time::Instant::now() < until {
+                client
+                    .batch_execute(
+                        "INSERT INTO noise (payload) SELECT md5(g::text) FROM generate_series(1, 200) g",
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    noise(3).await;
+    let mark: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    noise(14).await;
+    let passed: bool = client
+        .query_one(
+            "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots
+             WHERE slot_name = $2",
+            &[&mark, &db.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(passed, "the slot stayed behind {mark}: {}", daemon.log());
+    drop(daemon);
+    drop(db);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}

@@ -31,6 +31,8 @@ use crate::status::{SharedStatus, State};
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the stream may sit idle before a heartbeat moves the slot forward.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How often a standby tries to take over.
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 /// A session that ran this long resets the backoff.
@@ -190,6 +192,7 @@ async fn session(
         changes: Vec::new(),
         dead_letters_seen: 0,
         oldest_unapplied: None,
+        last_heartbeat: Instant::now(),
     };
     status.update(|s| {
         s.state = if paused {
@@ -317,6 +320,7 @@ struct Stream<'a> {
     dead_letters_seen: u64,
     /// Commit time of the oldest source transaction received but not yet committed.
     oldest_unapplied: Option<NaiveDateTime>,
+    last_heartbeat: Instant,
 }
 
 /// The `table` and `op` labels of a change.
@@ -384,8 +388,17 @@ impl Stream<'_> {
                     event = self.client.recv() => event,
                     _ = controls.shutdown.changed() => continue,
                     _ = controls.pause.changed() => continue,
-                    // Wake up now and then to look for resync requests.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    // Wake up now and then to look for resync requests and to beat.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY
+                            && self.txn.is_none()
+                            && !self.applier.is_open()
+                        {
+                            self.resync.heartbeat().await?;
+                            self.last_heartbeat = Instant::now();
+                        }
+                        continue;
+                    }
                 },
             };
             let Some(event) = event.map_err(SourceError::from)? else {
@@ -481,8 +494,15 @@ impl Stream<'_> {
                 lsn,
                 prefix,
                 content,
-                ..
+                transactional,
             } => {
+                if !transactional
+                    && prefix == crate::resync::HEARTBEAT_PREFIX
+                    && self.txn.is_none()
+                    && !self.applier.is_open()
+                {
+                    self.advance(Lsn::from(lsn));
+                }
                 if let Some(released) = self.resync.on_message(&prefix, &content) {
                     let commit_time = self
                         .txn
