@@ -349,7 +349,14 @@ pub async fn load(
 
     let rebuild = Instant::now();
     deferred.restore(apply).await?;
-    let analyze = tables.join(", ");
+    // The target tables get fresh statistics for the application's queries; leadsync's own
+    // tables are only read by key, and autovacuum analyses them soon enough.
+    let analyze = tables
+        .iter()
+        .filter(|t| !t.starts_with("leadsync."))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     apply
         .batch_execute(&format!("ANALYZE {analyze}"))
         .await
