@@ -237,6 +237,7 @@ pub async fn load(
     settings: &Settings,
     apply: &Client,
     reader: &Client,
+    state: &Client,
     lsn: Lsn,
 ) -> Result<(LoadStats, Vec<DeadLetter>), ApplyError> {
     let started = Instant::now();
@@ -275,77 +276,97 @@ pub async fn load(
         .map(|n| format!("{t}.{n}"))
         .collect();
     tables.extend(ValueTable::ALL.iter().map(|v| format!("{t}.{}", v.table())));
-    tables.extend(
-        [
+    let deferred = Deferred::set_aside(apply, &tables).await?;
+
+    // leadsync's state is a plain copy of the legacy rows, made server-side on its own
+    // session (in the same snapshot) while the target tables load. It commits first; if the
+    // load then fails, the phase is still `backfill` and the next run starts over.
+    let copy_state = async {
+        let state_tables: Vec<String> = [
             "leadsync.contacts",
             "leadsync.field_values",
             "leadsync.fields",
         ]
         .iter()
-        .map(|n| (*n).to_owned()),
-    );
-    let deferred = Deferred::set_aside(apply, &tables).await?;
-
-    // leadsync's state: plain copies of the legacy rows, server-side.
-    let contact = contact_select("c");
-    let state_sql = format!(
-        "TRUNCATE leadsync.contacts, leadsync.field_values, leadsync.fields;
-         INSERT INTO leadsync.fields (id, context_type) SELECT id, {context} FROM {s}.custom_fields;
-         INSERT INTO leadsync.contacts SELECT {contact} FROM {s}.contacts c;
-         INSERT INTO leadsync.field_values (contact_id, field_id, value, created_at, updated_at, created_by)
-           SELECT contact_id, field_id, value, created_at, updated_at, created_by
-           FROM {s}.contact_custom_fields;"
-    );
-    apply
-        .batch_execute(&state_sql)
-        .await
-        .map_err(db_error("copying the legacy rows into leadsync's state"))?;
-    stats.contacts = count(apply, "leadsync.contacts").await?;
-    stats.values = count(apply, "leadsync.field_values").await?;
-
-    let totals = pass_totals(apply).await?;
-    let mut parked: HashSet<Uuid> = HashSet::new();
-    let mut dead = Vec::new();
-    let passes = [
-        Pass::Customers,
-        Pass::Leads,
-        Pass::Appointments,
-        Pass::Values(ValueTable::CustomerCustomFields),
-        Pass::Values(ValueTable::LeadCustomFields),
-        Pass::Values(ValueTable::AppointmentCustomFields),
-    ];
-    for (pass, total) in passes.into_iter().zip(totals) {
-        let rows = copy_pass(
-            pass,
-            total,
-            apply,
-            reader,
-            &s,
-            &t,
-            has_context,
-            &rules,
-            lsn,
-            &mut parked,
-            &mut dead,
-        )
-        .await?;
-        match pass {
-            Pass::Customers => stats.customers = rows,
-            Pass::Leads => stats.leads = rows,
-            Pass::Appointments => stats.appointments = rows,
-            Pass::Values(ValueTable::CustomerCustomFields) => stats.customer_custom_fields = rows,
-            Pass::Values(ValueTable::LeadCustomFields) => stats.lead_custom_fields = rows,
-            Pass::Values(ValueTable::AppointmentCustomFields) => {
-                stats.appointment_custom_fields = rows
-            }
-        }
-        tracing::info!(
-            table = pass.table(),
-            rows,
-            seconds = started.elapsed().as_secs_f64(),
-            "first load: table copied"
+        .map(|n| (*n).to_owned())
+        .collect();
+        state
+            .batch_execute("TRUNCATE leadsync.contacts, leadsync.field_values, leadsync.fields")
+            .await
+            .map_err(db_error("clearing leadsync's state"))?;
+        let deferred = Deferred::set_aside(state, &state_tables).await?;
+        let contact = contact_select("c");
+        let state_sql = format!(
+            "INSERT INTO leadsync.fields (id, context_type) SELECT id, {context} FROM {s}.custom_fields;
+             INSERT INTO leadsync.contacts SELECT {contact} FROM {s}.contacts c;
+             INSERT INTO leadsync.field_values (contact_id, field_id, value, created_at, updated_at, created_by)
+               SELECT contact_id, field_id, value, created_at, updated_at, created_by
+               FROM {s}.contact_custom_fields;"
         );
-    }
+        state
+            .batch_execute(&state_sql)
+            .await
+            .map_err(db_error("copying the legacy rows into leadsync's state"))?;
+        deferred.restore(state).await?;
+        let contacts = count(state, "leadsync.contacts").await?;
+        let values = count(state, "leadsync.field_values").await?;
+        Ok::<_, ApplyError>((contacts, values))
+    };
+    let load_target = async {
+        let totals = pass_totals(apply, &s, has_context).await?;
+        let mut parked: HashSet<Uuid> = HashSet::new();
+        let mut dead = Vec::new();
+        let passes = [
+            Pass::Customers,
+            Pass::Leads,
+            Pass::Appointments,
+            Pass::Values(ValueTable::CustomerCustomFields),
+            Pass::Values(ValueTable::LeadCustomFields),
+            Pass::Values(ValueTable::AppointmentCustomFields),
+        ];
+        for (pass, total) in passes.into_iter().zip(totals) {
+            let rows = copy_pass(
+                pass,
+                total,
+                apply,
+                reader,
+                &s,
+                &t,
+                has_context,
+                &rules,
+                lsn,
+                &mut parked,
+                &mut dead,
+            )
+            .await?;
+            match pass {
+                Pass::Customers => stats.customers = rows,
+                Pass::Leads => stats.leads = rows,
+                Pass::Appointments => stats.appointments = rows,
+                Pass::Values(ValueTable::CustomerCustomFields) => {
+                    stats.customer_custom_fields = rows
+                }
+                Pass::Values(ValueTable::LeadCustomFields) => stats.lead_custom_fields = rows,
+                Pass::Values(ValueTable::AppointmentCustomFields) => {
+                    stats.appointment_custom_fields = rows
+                }
+            }
+            tracing::info!(
+                table = pass.table(),
+                rows,
+                seconds = started.elapsed().as_secs_f64(),
+                "first load: table copied"
+            );
+        }
+        Ok::<_, ApplyError>((parked.len(), dead))
+    };
+    let ((contacts, values), (_, dead)) = tokio::try_join!(copy_state, load_target)?;
+    stats.contacts = contacts;
+    stats.values = values;
+    state
+        .batch_execute("COMMIT")
+        .await
+        .map_err(db_error("committing leadsync's state"))?;
 
     let rebuild = Instant::now();
     deferred.restore(apply).await?;
@@ -370,24 +391,30 @@ pub async fn load(
     Ok((stats, dead))
 }
 
-/// How many source rows each pass reads, from leadsync's state (already loaded), for the
-/// progress display.
-async fn pass_totals(client: &Client) -> Result<[u64; 6], ApplyError> {
+/// How many source rows each pass reads, for the progress display.
+async fn pass_totals(client: &Client, s: &str, has_context: bool) -> Result<[u64; 6], ApplyError> {
+    let context = if has_context {
+        "COALESCE(f.context_type::text, 'contact')"
+    } else {
+        "'contact'"
+    };
     let row = client
         .query_one(
-            "WITH c AS (SELECT id, lead_status IS NOT NULL AS lead,
-                               lead_status IS NOT NULL AND appointment_date IS NOT NULL AS appt
-                        FROM leadsync.contacts),
-                  v AS (SELECT COALESCE(f.context_type, 'contact') AS ctx, c.lead, c.appt
-                        FROM leadsync.field_values fv
-                        JOIN c ON c.id = fv.contact_id
-                        LEFT JOIN leadsync.fields f ON f.id = fv.field_id)
-             SELECT (SELECT count(*) FROM c),
-                    (SELECT count(*) FILTER (WHERE lead) FROM c),
-                    (SELECT count(*) FILTER (WHERE appt) FROM c),
-                    (SELECT count(*) FILTER (WHERE ctx = 'contact') FROM v),
-                    (SELECT count(*) FILTER (WHERE ctx = 'lead' AND lead) FROM v),
-                    (SELECT count(*) FILTER (WHERE ctx = 'appointment' AND appt) FROM v)",
+            &format!(
+                "WITH c AS (SELECT id, lead_status IS NOT NULL AS lead,
+                                   lead_status IS NOT NULL AND appointment_date IS NOT NULL AS appt
+                            FROM {s}.contacts),
+                      v AS (SELECT {context} AS ctx, c.lead, c.appt
+                            FROM {s}.contact_custom_fields fv
+                            JOIN c ON c.id = fv.contact_id
+                            JOIN {s}.custom_fields f ON f.id = fv.field_id)
+                 SELECT (SELECT count(*) FROM c),
+                        (SELECT count(*) FILTER (WHERE lead) FROM c),
+                        (SELECT count(*) FILTER (WHERE appt) FROM c),
+                        (SELECT count(*) FILTER (WHERE ctx = 'contact') FROM v),
+                        (SELECT count(*) FILTER (WHERE ctx = 'lead' AND lead) FROM v),
+                        (SELECT count(*) FILTER (WHERE ctx = 'appointment' AND appt) FROM v)"
+            ),
             &[],
         )
         .await
@@ -830,6 +857,19 @@ impl Deferred {
 
 /// Opens a session for reading the snapshot.
 pub async fn reader(settings: &Settings, snapshot: &str) -> Result<Client, ApplyError> {
+    snapshot_session(settings, snapshot, "READ ONLY").await
+}
+
+/// Opens a session that writes leadsync's state from the snapshot.
+pub async fn state_writer(settings: &Settings, snapshot: &str) -> Result<Client, ApplyError> {
+    snapshot_session(settings, snapshot, "").await
+}
+
+async fn snapshot_session(
+    settings: &Settings,
+    snapshot: &str,
+    mode: &str,
+) -> Result<Client, ApplyError> {
     let client =
         db::connect(settings.source_url())
             .await
@@ -839,7 +879,7 @@ pub async fn reader(settings: &Settings, snapshot: &str) -> Result<Client, Apply
             })?;
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ {mode}; SET TRANSACTION SNAPSHOT {}",
             db::quote_literal(snapshot)
         ))
         .await

@@ -50,6 +50,43 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Drop the replication slot, the replication origin, the publication and the leadsync
+    /// schema (the roll-back). Never touches the legacy tables. Idempotent.
+    Teardown {
+        /// Also drop the six target tables and every row in them (needs
+        /// --yes-drop-target-tables).
+        #[arg(long)]
+        drop_target_tables: bool,
+        /// Confirms --drop-target-tables.
+        #[arg(long)]
+        yes_drop_target_tables: bool,
+    },
+    /// Dead letters: list them, or re-project their contacts' current state through the
+    /// running daemon.
+    Dlq {
+        #[command(subcommand)]
+        command: cmd::dlq::DlqCommand,
+    },
+    /// The guide's completeness, integrity and business-logic checks plus a row-by-row
+    /// reconciliation; only persistent differences count. Exit status 1 when it fails.
+    Validate {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the daemon to pass a difference before calling it persistent.
+        #[arg(long, default_value_t = cmd::validate::DEFAULT_WAIT_SECONDS)]
+        wait_seconds: u64,
+    },
+    /// Wait until the daemon has processed everything written so far, validate, and print a
+    /// go/no-go report. Exit status 0 for GO, 1 for NO-GO.
+    Cutover {
+        /// Seconds the daemon may take to catch up.
+        #[arg(long, default_value_t = cmd::cutover::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Print JSON instead of text (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway PostgreSQL, load generated legacy data and run leadsync on it.
     Demo {
         /// How many contacts to generate.
@@ -187,6 +224,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resync { workspace, no_wait } => {
             leadsync::resync::request(&settings, workspace, !no_wait).await?;
+        }
+        Command::Teardown {
+            drop_target_tables,
+            yes_drop_target_tables,
+        } => {
+            let opts = cmd::teardown::TeardownOptions {
+                drop_target_tables,
+                confirm_drop_target_tables: yes_drop_target_tables,
+            };
+            print!("{}", cmd::teardown::run_teardown(&settings, opts).await?);
+        }
+        Command::Dlq { command } => {
+            if !cmd::dlq::run_dlq(&settings, command).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Validate { json, wait_seconds } => {
+            let wait = std::time::Duration::from_secs(wait_seconds);
+            let validation = cmd::validate::run_validate(&settings, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&validation)?);
+            } else {
+                print!("{}", validation.render());
+            }
+            if !validation.passed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Cutover { timeout, json } => {
+            let opts = cmd::cutover::CutoverOptions {
+                timeout: std::time::Duration::from_secs(timeout),
+                ..Default::default()
+            };
+            let mut progress = |line: String| {
+                if json {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
+            };
+            let report = cmd::cutover::run_cutover(&settings, opts, &mut progress).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if !report.go {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }

@@ -1,6 +1,10 @@
 //! One module per subcommand. Each exposes an `async fn run_*` that the binary calls.
 
 pub mod assess;
+pub mod cutover;
 pub mod demo;
+pub mod dlq;
 pub mod run;
 pub mod setup;
+pub mod teardown;
+pub mod validate;

@@ -255,6 +255,7 @@ async fn first_load(
     // (any command there would end the export).
     applier.begin_in_snapshot(&created.snapshot).await?;
     let reader = backfill::reader(settings, &created.snapshot).await?;
+    let state = backfill::state_writer(settings, &created.snapshot).await?;
     if *shutdown.borrow() {
         return Err(RunError::NotSetUp(
             "stopped during the first load; the next run starts it again".into(),
@@ -264,6 +265,7 @@ async fn first_load(
         settings,
         applier.client(),
         &reader,
+        &state,
         created.consistent_point,
     )
     .await?;
@@ -315,8 +317,9 @@ struct Stream<'a> {
     /// Paused: apply nothing, leave the stream unread (the reader keeps the connection
     /// alive with status updates).
     paused: bool,
-    /// Changes in the open target transaction by (table, op), for the metrics at commit.
-    changes: Vec<(&'static str, &'static str)>,
+    /// Changes in the open target transaction by (table, op), for the metrics at commit: a
+    /// handful of counters, whatever the transaction's size.
+    changes: Vec<((&'static str, &'static str), u64)>,
     dead_letters_seen: u64,
     /// Commit time of the oldest source transaction received but not yet committed.
     oldest_unapplied: Option<NaiveDateTime>,
@@ -566,7 +569,11 @@ impl Stream<'_> {
             match event {
                 SourceEvent::Change(change) => {
                     self.resync.on_change(change.contact_id());
-                    self.changes.push(change_label(&change));
+                    let label = change_label(&change);
+                    match self.changes.iter_mut().find(|(l, _)| *l == label) {
+                        Some((_, n)) => *n += 1,
+                        None => self.changes.push((label, 1)),
+                    }
                     self.applier
                         .push(Stamped {
                             change,
@@ -597,13 +604,9 @@ impl Stream<'_> {
             self.applier.commit(lsn, time).await?;
             metrics::histogram!(m::APPLY_SECONDS).record(age.as_secs_f64());
             metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
-            self.changes.sort_unstable();
-            for group in self.changes.chunk_by(|a, b| a == b) {
-                let (table, op) = group[0];
-                metrics::counter!(m::CHANGES_TOTAL, m::TABLE => table, m::OP => op)
-                    .increment(group.len() as u64);
+            for ((table, op), n) in self.changes.drain(..) {
+                metrics::counter!(m::CHANGES_TOTAL, m::TABLE => table, m::OP => op).increment(n);
             }
-            self.changes.clear();
             let parked = self.applier.stats.dead_letters - self.dead_letters_seen;
             if parked > 0 {
                 metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(parked);

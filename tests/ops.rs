@@ -1,0 +1,497 @@
+//! The operator commands against a real PostgreSQL and a running daemon: `teardown` removes
+//! leadsync and nothing of the legacy data, `dlq list|retry` shows dead letters and replays
+//! the contacts' current state, `validate` passes when synced — also under live writes — and
+//! names every kind of drift, and `cutover` says GO under load and NO-GO with a pending
+//! dead letter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use leadsync::cmd::cutover::{CutoverOptions, NEXT_STEP, run_cutover};
+use leadsync::cmd::dlq::{DlqError, run_dlq_list, run_dlq_retry};
+use leadsync::cmd::setup::run_setup;
+use leadsync::cmd::teardown::{TeardownError, TeardownOptions, run_teardown};
+use leadsync::cmd::validate::{Status, run_validate};
+use leadsync::project::LENGTH_LIMITS;
+use leadsync::testing::{Daemon, TestDb, daemon_env};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// A database with `contacts` generated contacts, every value cut to fit the target (so no
+/// dead letter exists unless a test makes one), set up, and a daemon that has loaded it.
+async fn running(contacts: u64) -> (TestDb, Daemon, Client) {
+    let db = TestDb::spawn().await;
+    let client = db.client().await;
+    leadsync::fixtures::generate_demo_data(&client, contacts)
+        .await
+        .unwrap();
+    for (_, column, limit) in LENGTH_LIMITS {
+        exec(
+            &client,
+            &format!(
+                "UPDATE contacts SET {column} = left({column}, {limit})
+                 WHERE char_length({column}) > {limit}"
+            ),
+        )
+        .await;
+    }
+    run_setup(&db.settings()).await.unwrap();
+    leadsync::fixtures::assign_demo_field_contexts(&client)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(BIN, &daemon_env(&db));
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    (db, daemon, client)
+}
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{sql}"));
+}
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(client: &Client, sql: &str) -> T {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{sql}"))
+        .get(0)
+}
+
+/// A checksum of every legacy row.
+async fn legacy_checksum(client: &Client) -> String {
+    one(
+        client,
+        "SELECT concat_ws('/',
+            (SELECT md5(string_agg(c::text, ',' ORDER BY c.id)) FROM contacts c),
+            (SELECT md5(string_agg(v::text, ',' ORDER BY v.contact_id, v.field_id))
+               FROM contact_custom_fields v),
+            (SELECT md5(string_agg(f::text, ',' ORDER BY f.id)) FROM custom_fields f),
+            (SELECT md5(string_agg(w::text, ',' ORDER BY w.id)) FROM workspaces w))",
+    )
+    .await
+}
+
+/// Runs the binary with the daemon's environment; returns (exit code, stdout, stderr).
+async fn leadsync(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let env = daemon_env(db);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(&args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LEADSYNC_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run leadsync");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Legacy writes in a loop until stopped: lead-status and tag updates, new contacts and
+/// custom-field values, all of which fit the target.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<u64>,
+}
+
+impl Writer {
+    async fn start(db: &TestDb) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = db.client().await;
+        let flag = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let sql = match n % 3 {
+                    0 => {
+                        "UPDATE contacts SET lead_status = (ARRAY['new', 'qualified', 'won'])
+                              [1 + floor(random() * 3)::int], tags = 'hvac roofing',
+                              updated_at = now()
+                          WHERE id = (SELECT id FROM contacts ORDER BY random() LIMIT 1)"
+                    }
+                    1 => {
+                        "INSERT INTO contacts (workspace_id, firstname, email, phone_number,
+                                                lead_status, appointment_date)
+                          SELECT id, 'Live', 'live@example.com', '555-0100', 'new',
+                                 now()::timestamp + interval '2 days'
+                          FROM workspaces ORDER BY random() LIMIT 1"
+                    }
+                    _ => {
+                        "INSERT INTO contact_custom_fields (contact_id, field_id, value)
+                          SELECT c.id, f.id, to_jsonb(random()) FROM contacts c
+                          JOIN custom_fields f ON f.workspace_id = c.workspace_id
+                          ORDER BY random() LIMIT 1
+                          ON CONFLICT (contact_id, field_id)
+                          DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+                    }
+                };
+                client.batch_execute(sql).await.expect("live write");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        });
+        Writer { stop, handle }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.expect("writer")
+    }
+}
+
+#[tokio::test]
+async fn teardown_removes_leadsync_and_never_touches_legacy_data() {
+    let (db, mut daemon, client) = running(300).await;
+    let settings = db.settings();
+    let before = legacy_checksum(&client).await;
+
+    let refused = run_teardown(&settings, TeardownOptions::default())
+        .await
+        .expect_err("teardown under a running daemon");
+    assert!(
+        matches!(refused, TeardownError::DaemonRunning { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("stop it"), "{refused}");
+    let slots: i64 = one(
+        &client,
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.slot
+        ),
+    )
+    .await;
+    assert_eq!(slots, 1, "a refused teardown dropped the slot");
+
+    daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running after SIGTERM; {}", daemon.log()));
+
+    let unconfirmed = run_teardown(
+        &settings,
+        TeardownOptions {
+            drop_target_tables: true,
+            confirm_drop_target_tables: false,
+        },
+    )
+    .await
+    .expect_err("dropping tables needs the confirmation");
+    assert!(matches!(unconfirmed, TeardownError::NotConfirmed));
+    assert!(unconfirmed.to_string().contains("--yes-drop-target-tables"));
+
+    let report = run_teardown(&settings, TeardownOptions::default())
+        .await
+        .unwrap();
+    let text = report.to_string();
+    for object in [
+        format!("replication slot {}", db.slot),
+        format!("replication origin {}", db.slot),
+        format!("publication {}", settings.publication.name),
+        "schema leadsync".to_owned(),
+    ] {
+        assert!(text.contains(&object), "{object} not dropped:\n{text}");
+    }
+    let left: i64 = one(
+        &client,
+        &format!(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{s}')
+                  + (SELECT count(*) FROM pg_replication_origin WHERE roname = '{s}')
+                  + (SELECT count(*) FROM pg_publication WHERE pubname = '{p}')
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'leadsync')",
+            s = db.slot,
+            p = settings.publication.name
+        ),
+    )
+    .await;
+    assert_eq!(left, 0, "teardown left objects behind:\n{text}");
+    let customers: i64 = one(&client, "SELECT count(*) FROM customers").await;
+    assert!(customers >= 300, "target tables kept without the flags");
+    assert_eq!(
+        legacy_checksum(&client).await,
+        before,
+        "legacy data changed"
+    );
+    let context_type: bool = one(
+        &client,
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_name = 'custom_fields' AND column_name = 'context_type')",
+    )
+    .await;
+    assert!(context_type, "custom_fields.context_type must stay");
+
+    let report = run_teardown(
+        &settings,
+        TeardownOptions {
+            drop_target_tables: true,
+            confirm_drop_target_tables: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.dropped.len(), 6, "{report}");
+    let tables: i64 = one(
+        &client,
+        "SELECT count(*) FROM unnest(ARRAY['customers', 'leads', 'appointments',
+            'customer_custom_fields', 'lead_custom_fields', 'appointment_custom_fields']) t
+         WHERE to_regclass('public.' || t) IS NOT NULL",
+    )
+    .await;
+    assert_eq!(tables, 0);
+    assert_eq!(
+        legacy_checksum(&client).await,
+        before,
+        "legacy data changed"
+    );
+
+    let again = run_teardown(&settings, TeardownOptions::default())
+        .await
+        .unwrap();
+    assert!(again.dropped.is_empty(), "{again}");
+    assert!(again.to_string().contains("nothing was left"), "{again}");
+}
+
+#[tokio::test]
+async fn dlq_lists_dead_letters_and_retry_replays_the_current_state() {
+    let (db, daemon, client) = running(300).await;
+    let settings = db.settings();
+    let workspace: Uuid = one(&client, "SELECT workspace_id FROM contacts LIMIT 1").await;
+    let bad = Uuid::new_v4();
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO contacts (id, workspace_id, firstname, phone_number, lead_status)
+             VALUES ('{bad}', '{workspace}', 'Long', '+1 (555) 010-0199 x1234', 'new')"
+        ),
+    )
+    .await;
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+
+    let list = run_dlq_list(&settings).await.unwrap();
+    let parked = list
+        .pending
+        .iter()
+        .find(|d| d.contact_id == Some(bad))
+        .unwrap_or_else(|| panic!("no dead letter for {bad}: {list:?}"));
+    assert!(parked.lsn.is_some());
+    assert!(!parked.error.is_empty());
+    let rendered = list.render();
+    assert!(rendered.contains(&bad.to_string()), "{rendered}");
+    assert!(rendered.contains("1 pending"), "{rendered}");
+    // A healthy contact whose target rows were lost after the fact, with a dead letter
+    // marked pending by hand: no source change will ever come to repair it.
+    let good: Uuid = one(
+        &client,
+        "SELECT id FROM contacts WHERE lead_status IS NOT NULL ORDER BY id LIMIT 1",
+    )
+    .await;
+    exec(
+        &client,
+        &format!("DELETE FROM customers WHERE cst_id = '{good}'"),
+    )
+    .await;
+    let good_letter: i64 = one(
+        &client,
+        &format!(
+            "INSERT INTO leadsync.dead_letters
+               (slot_name, lsn, source_table, operation, contact_id, key, payload, error)
+             VALUES ('{slot}', '0/1', 'contacts', 'upsert', '{good}',
+                     jsonb_build_object('id', '{good}'), '{{\"contact\": null}}',
+                     'lost by hand in a test')
+             RETURNING id",
+            slot = db.slot
+        ),
+    )
+    .await;
+
+    let unknown = run_dlq_retry(&settings, &[good_letter, 999_999], Duration::from_secs(5))
+        .await
+        .expect_err("unknown id");
+    assert!(matches!(unknown, DlqError::UnknownIds(ref ids) if ids == &[999_999]));
+
+    let report = run_dlq_retry(
+        &settings,
+        &[good_letter, parked.id],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", daemon.log()));
+    assert!(!report.requests.is_empty());
+    let outcome = |id: i64| report.letters.iter().find(|l| l.id == id).unwrap();
+    assert_eq!(
+        outcome(good_letter).status,
+        "replayed",
+        "{}",
+        report.render()
+    );
+    assert_eq!(outcome(parked.id).status, "pending", "{}", report.render());
+    assert!(outcome(parked.id).error.is_some());
+    assert!(report.render().contains("1 still pending"));
+    let restored: i64 = one(
+        &client,
+        &format!("SELECT count(*) FROM customers WHERE cst_id = '{good}' AND deleted_at IS NULL"),
+    )
+    .await;
+    assert_eq!(restored, 1, "retry did not restore the customer");
+    db.assert_projection(&settings).await;
+
+    let (code, json, err) = leadsync(&db, &["dlq", "list", "--json"]).await;
+    assert_eq!(code, 0, "{json}{err}");
+    let value: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(value["pending"][0]["contact_id"], bad.to_string());
+}
+
+#[tokio::test]
+async fn validate_passes_under_live_writes_and_names_every_kind_of_drift() {
+    let (db, daemon, client) = running(500).await;
+    let settings = db.settings();
+
+    let writer = Writer::start(&db).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let live = run_validate(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let writes = writer.stop().await;
+    assert!(writes > 10, "the writer barely ran ({writes} writes)");
+    assert!(
+        live.passed,
+        "live writes made validation fail:\n{}",
+        live.render()
+    );
+
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    let quiet = run_validate(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(quiet.passed, "{}", quiet.render());
+    for check in quiet.checks.iter().filter(|c| c.group == "completeness") {
+        assert_eq!(check.source, check.target, "{}", quiet.render());
+    }
+
+    let (code, out, err) = leadsync(&db, &["validate"]).await;
+    assert_eq!(code, 0, "validate of a synced target failed:\n{out}{err}");
+    assert!(out.contains("validation PASSED"), "{out}");
+
+    // One kind of drift at a time; each must fail validation and name its table or check.
+    let drifts: [(&str, &str); 5] = [
+        (
+            "customer_custom_fields",
+            "DELETE FROM customer_custom_fields WHERE id = (SELECT v.id FROM customer_custom_fields v
+               JOIN customers c ON c.cst_id = v.customer_id
+               WHERE c.migrated_from_contact_id IS NOT NULL ORDER BY v.id LIMIT 1)",
+        ),
+        (
+            "customers",
+            "INSERT INTO customers (cst_id, workspace_id, firstname, migrated_from_contact_id)
+             SELECT gen_random_uuid(), id, 'Ghost', gen_random_uuid() FROM workspaces LIMIT 1",
+        ),
+        (
+            "leads",
+            "UPDATE leads SET productid = 'BROKEN' WHERE id = (SELECT id FROM leads
+               WHERE deleted_at IS NULL AND id NOT IN (SELECT lead_id FROM appointments)
+               ORDER BY id LIMIT 1)",
+        ),
+        (
+            "appointment_lead_relationship",
+            "UPDATE leads SET deleted_at = now() WHERE id = (SELECT lead_id FROM appointments
+               WHERE deleted_at IS NULL ORDER BY id LIMIT 1)",
+        ),
+        (
+            "foreign_key_integrity",
+            "UPDATE customers SET deleted_at = now() WHERE cst_id = (SELECT customer_id FROM leads
+               WHERE deleted_at IS NULL AND productid <> 'BROKEN'
+                 AND id NOT IN (SELECT lead_id FROM appointments)
+               ORDER BY id DESC LIMIT 1)",
+        ),
+    ];
+    for (name, sql) in drifts {
+        let changed = client.execute(sql, &[]).await.unwrap();
+        assert_eq!(changed, 1, "the drift for {name} changed nothing");
+        let v = run_validate(&settings, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(!v.passed, "drift in {name} not detected:\n{}", v.render());
+        let named = v.reconciliation.table(name).is_some_and(|t| !t.is_clean())
+            || v.checks
+                .iter()
+                .any(|c| c.name == name && c.status == Status::Fail);
+        assert!(named, "{name} not named:\n{}", v.render());
+    }
+    let (code, out, err) = leadsync(&db, &["validate"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    for name in [
+        "customer_custom_fields",
+        "customers",
+        "leads",
+        "appointment_lead_relationship",
+        "foreign_key_integrity",
+        "validation FAILED",
+    ] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    let (code, out, err) = leadsync(&db, &["validate", "--json"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let value: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(value["passed"], false);
+}
+
+#[tokio::test]
+async fn cutover_is_go_under_live_writes_and_no_go_with_a_pending_dead_letter() {
+    let (db, daemon, client) = running(500).await;
+    let settings = db.settings();
+
+    let writer = Writer::start(&db).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut progress = Vec::new();
+    let report = run_cutover(
+        &settings,
+        CutoverOptions {
+            timeout: Duration::from_secs(120),
+            validate_wait: Duration::from_secs(60),
+        },
+        &mut |line| progress.push(line),
+    )
+    .await
+    .unwrap();
+    let writes = writer.stop().await;
+    assert!(writes > 10, "the writer barely ran ({writes} writes)");
+    assert!(
+        report.go,
+        "NO-GO under live writes:\n{report}\n{}",
+        daemon.log()
+    );
+    assert!(report.catch_up.caught_up);
+    assert!(report.to_string().contains(NEXT_STEP));
+    assert!(!progress.is_empty());
+
+    exec(
+        &client,
+        "INSERT INTO contacts (workspace_id, firstname, phone_number)
+         SELECT id, 'Long', '+1 (555) 010-0199 x1234' FROM workspaces LIMIT 1",
+    )
+    .await;
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    let (code, out, err) = leadsync(&db, &["cutover", "--timeout", "60"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("NO-GO"), "{out}");
+    assert!(out.contains("dead letter"), "{out}");
+}
