@@ -437,3 +437,30 @@ impl TestDb {
         report.assert_clean();
     }
 }
+
+impl TestDb {
+    /// A fresh database with `contacts` generated contacts, `leadsync setup` done, and some
+    /// fields given a lead or appointment context.
+    pub async fn spawn_ready(contacts: u64) -> TestDb {
+        let db = TestDb::spawn().await;
+        db.make_ready(contacts).await;
+        db
+    }
+
+    /// Generates `contacts` contacts here, runs `leadsync setup` and gives some fields a lead
+    /// or appointment context.
+    pub async fn make_ready(&self, contacts: u64) {
+        let client = self.client().await;
+        if contacts > 0 {
+            crate::fixtures::generate_demo_data(&client, contacts)
+                .await
+                .expect("generate demo data");
+        }
+        crate::cmd::setup::run_setup(&self.settings())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        crate::fixtures::assign_demo_field_contexts(&client)
+            .await
+            .expect("assign field contexts");
+    }
+}

@@ -57,19 +57,6 @@ async fn first_load_matches_the_projection_and_leaves_the_schema_as_setup_made_i
     assert_eq!(customers + parked, contacts);
 }
 
-async fn ready(contacts: u64) -> TestDb {
-    let db = TestDb::spawn().await;
-    let client = db.client().await;
-    leadsync::fixtures::generate_demo_data(&client, contacts)
-        .await
-        .unwrap();
-    run_setup(&db.settings()).await.unwrap();
-    leadsync::fixtures::assign_demo_field_contexts(&client)
-        .await
-        .unwrap();
-    db
-}
-
 /// Legacy writes of every kind, until `stop` is set. Returns how many transactions ran.
 async fn write_load(db: &TestDb, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
     use std::sync::atomic::Ordering;
@@ -102,7 +89,7 @@ async fn write_load(db: &TestDb, stop: std::sync::Arc<std::sync::atomic::AtomicB
 async fn writes_during_the_first_load_are_neither_lost_nor_applied_twice() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let db = ready(20_000).await;
+    let db = TestDb::spawn_ready(20_000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
@@ -142,7 +129,7 @@ async fn writes_during_the_first_load_are_neither_lost_nor_applied_twice() {
 
 #[tokio::test]
 async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_recovers() {
-    let db = ready(20_000).await;
+    let db = TestDb::spawn_ready(20_000).await;
     let client = db.client().await;
     let mut daemon = Daemon::start(BIN, &daemon_env(&db));
     // Wait until the load is under way (the slot exists, nothing committed yet).

@@ -3,18 +3,9 @@
 
 use std::time::Duration;
 
-use leadsync::cmd::setup::run_setup;
 use leadsync::testing::{Daemon, TestDb, daemon_env};
 
 const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
-
-async fn ready(db: &TestDb) {
-    let client = db.client().await;
-    leadsync::fixtures::generate_demo_data(&client, 500)
-        .await
-        .unwrap();
-    run_setup(&db.settings()).await.unwrap();
-}
 
 fn env_with_pidfile(db: &TestDb) -> Vec<(String, String)> {
     let mut env = daemon_env(db);
@@ -68,7 +59,7 @@ async fn walsender_pid(db: &TestDb) -> Option<i32> {
 #[tokio::test]
 async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up() {
     let db = TestDb::spawn().await;
-    ready(&db).await;
+    db.make_ready(500).await;
     let env = env_with_pidfile(&db);
     let mut daemon = Daemon::start(BIN, &env);
     db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
@@ -123,7 +114,7 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
 #[tokio::test]
 async fn a_standby_takes_over_when_the_active_daemon_dies() {
     let db = TestDb::spawn().await;
-    ready(&db).await;
+    db.make_ready(500).await;
     let mut first = Daemon::start(BIN, &daemon_env(&db));
     db.wait_caught_up(Duration::from_secs(60), &|| first.log())
         .await;
@@ -159,7 +150,7 @@ async fn heartbeats_advance_the_slot_while_only_unpublished_tables_are_busy() {
         .unwrap()
         .unwrap();
     let db = TestDb::spawn_on(cluster.port(), true).await;
-    ready(&db).await;
+    db.make_ready(500).await;
     let client = db.client().await;
     client
         .batch_execute("CREATE TABLE noise (id bigserial PRIMARY KEY, payload text)")

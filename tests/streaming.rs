@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use leadsync::cmd::setup::run_setup;
 use leadsync::config::Settings;
 use leadsync::decode::{Datum, LogicalMessage, Relation, Update, decode_message};
 use leadsync::testing::{Daemon, TestDb, daemon_env};
@@ -33,21 +32,6 @@ fn field(ws: u32, name: &str) -> String {
     )
 }
 
-async fn ready(contacts: u64) -> TestDb {
-    let db = TestDb::spawn().await;
-    let client = db.client().await;
-    if contacts > 0 {
-        leadsync::fixtures::generate_demo_data(&client, contacts)
-            .await
-            .unwrap();
-    }
-    run_setup(&db.settings()).await.unwrap();
-    leadsync::fixtures::assign_demo_field_contexts(&client)
-        .await
-        .unwrap();
-    db
-}
-
 /// Contacts with pending dead letters (the generated data has phones too long for the
 /// target) are excepted from the invariant, so counts leave them out too.
 fn not_parked(id: &str) -> String {
@@ -65,7 +49,7 @@ fn env_with(db: &TestDb, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// A database with `contacts` generated contacts and a daemon that has loaded them.
 async fn running(contacts: u64, extra_env: &[(&str, &str)]) -> (TestDb, Daemon, Client) {
-    let db = ready(contacts).await;
+    let db = TestDb::spawn_ready(contacts).await;
     let daemon = Daemon::start(BIN, &env_with(&db, extra_env));
     caught_up(&db, &daemon).await;
     let client = db.client().await;
@@ -252,7 +236,7 @@ fn full_contact_values() -> Vec<FieldValue> {
 
 #[tokio::test]
 async fn first_run_loads_existing_rows_then_streams_changes() {
-    let db = ready(2000).await;
+    let db = TestDb::spawn_ready(2000).await;
     let daemon = Daemon::start(BIN, &daemon_env(&db));
     caught_up(&db, &daemon).await;
     db.assert_projection(&db.settings()).await;
@@ -282,7 +266,7 @@ async fn first_run_loads_existing_rows_then_streams_changes() {
 
 #[tokio::test]
 async fn soft_delete_keeps_last_values_and_marks_rows_deleted_at_the_commit_time() {
-    let db = ready(200).await;
+    let db = TestDb::spawn_ready(200).await;
     // Neither the server's default time zone nor the process's may leak into deleted_at.
     exec(
         &db.client().await,
@@ -1401,7 +1385,7 @@ fn insert_toasted_contact(id: &str) -> String {
 
 #[tokio::test]
 async fn unchanged_toasted_tags_still_decide_the_product() {
-    let db = ready(200).await;
+    let db = TestDb::spawn_ready(200).await;
     let client = db.client().await;
     exec(
         &client,
@@ -1546,7 +1530,7 @@ async fn source_value(client: &Client, contact: &str, context: &str) -> String {
 
 #[tokio::test]
 async fn unchanged_toasted_field_value_stays_intact() {
-    let db = ready(200).await;
+    let db = TestDb::spawn_ready(200).await;
     let client = db.client().await;
     exec(
         &client,
