@@ -28,6 +28,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::Lsn;
+use crate::apply::sql::{target_columns, value_columns};
 use crate::apply::{ApplyError, db_error};
 use crate::config::Settings;
 use crate::db::{self, quote_ident};
@@ -84,88 +85,14 @@ impl Pass {
         }
     }
 
-    fn columns(self) -> &'static [&'static str] {
+    /// The columns the pass writes, in the order `write_row` gives them: the live image of
+    /// each row (a first load writes no `deleted_at`).
+    fn columns(self) -> Vec<&'static str> {
         match self {
-            Pass::Customers => &[
-                "cst_id",
-                "workspace_id",
-                "firstname",
-                "lastname",
-                "email",
-                "phone1",
-                "phone2",
-                "address1",
-                "address2",
-                "city",
-                "state",
-                "zip",
-                "country",
-                "dateadded",
-                "lastchanged",
-                "created_at",
-                "updated_at",
-                "created_by",
-                "migrated_from_contact_id",
-            ],
-            Pass::Leads => &[
-                "id",
-                "customer_id",
-                "workspace_id",
-                "productid",
-                "source",
-                "sourcesubdescr",
-                "disposition",
-                "stg_id",
-                "priority",
-                "entrydate",
-                "lastchangedon",
-                "created_at",
-                "updated_at",
-                "created_by",
-                "migrated_from_contact_id",
-            ],
-            Pass::Appointments => &[
-                "id",
-                "lead_id",
-                "workspace_id",
-                "apptdate",
-                "disposition",
-                "apptset",
-                "verified",
-                "confirmed",
-                "setdate",
-                "verifieddate",
-                "confirmeddate",
-                "lastchangeddate",
-                "created_at",
-                "updated_at",
-                "created_by",
-                "migrated_from_contact_id",
-            ],
-            Pass::Values(ValueTable::CustomerCustomFields) => &[
-                "customer_id",
-                "field_id",
-                "value",
-                "created_at",
-                "updated_at",
-                "created_by",
-            ],
-            Pass::Values(ValueTable::LeadCustomFields) => &[
-                "lead_id",
-                "field_id",
-                "value",
-                "created_at",
-                "updated_at",
-                "created_by",
-            ],
-            Pass::Values(ValueTable::AppointmentCustomFields) => &[
-                "appointment_id",
-                "field_id",
-                "value",
-                "created_at",
-                "updated_at",
-                "created_by",
-            ],
+            Pass::Customers => target_columns("customers"),
+            Pass::Leads => target_columns("leads"),
+            Pass::Appointments => target_columns("appointments"),
+            Pass::Values(table) => value_columns(table).to_vec(),
         }
     }
 
@@ -513,7 +440,7 @@ async fn copy_pass(
 ) -> Result<u64, ApplyError> {
     let columns = pass.columns();
     let target = format!("{t}.{}", pass.table());
-    let types = column_types(apply, &target, columns).await?;
+    let types = column_types(apply, &target, &columns).await?;
     let sink = apply
         .copy_in(&format!(
             "COPY {target} ({}) FROM STDIN (FORMAT binary)",

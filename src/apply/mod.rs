@@ -7,7 +7,7 @@
 //! Changes are planned and written in chunks of [`CHUNK_CHANGES`], inside the open
 //! transaction, so a source transaction of any size passes through in bounded memory.
 
-mod sql;
+pub mod sql;
 mod write;
 
 use std::collections::{HashMap, HashSet};

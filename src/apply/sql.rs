@@ -78,6 +78,34 @@ const APPOINTMENT_COLUMNS: &[Column] = &[
     col("deleted_at", "timestamp"),
 ];
 
+/// The projected columns of `customers`, `leads` or `appointments` without `deleted_at`,
+/// in the order their projected rows list them.
+pub fn target_columns(table: &str) -> Vec<&'static str> {
+    let columns = match table {
+        "customers" => CUSTOMER_COLUMNS,
+        "leads" => LEAD_COLUMNS,
+        "appointments" => APPOINTMENT_COLUMNS,
+        other => panic!("`{other}` is not a projected parent table"),
+    };
+    columns
+        .iter()
+        .map(|c| c.name)
+        .filter(|name| *name != "deleted_at")
+        .collect()
+}
+
+/// The columns of a custom-field value table, in [`crate::project::RoutedValue`] order.
+pub fn value_columns(table: ValueTable) -> [&'static str; 6] {
+    [
+        table.parent_column(),
+        "field_id",
+        "value",
+        "created_at",
+        "updated_at",
+        "created_by",
+    ]
+}
+
 /// `INSERT … SELECT FROM unnest(…) ON CONFLICT (key) DO UPDATE` that only rewrites rows
 /// whose values differ and, with `owned`, only rows leadsync owns.
 fn upsert(table: &str, key: &str, columns: &[Column], owned: bool) -> String {
