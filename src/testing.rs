@@ -439,6 +439,32 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Waits until no session holds this database's slot: the walsender of a daemon that
+    /// just exited can take a moment to go.
+    pub async fn wait_slot_released(&self) {
+        let client = self.client().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let active: bool = client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await
+                .expect("slot state")
+                .is_some_and(|r| r.get(0));
+            if !active {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slot {} still active after 20 s",
+                self.slot
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A fresh database with `contacts` generated contacts, `leadsync setup` done, and some
     /// fields given a lead or appointment context.
     pub async fn spawn_ready(contacts: u64) -> TestDb {

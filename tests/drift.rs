@@ -210,7 +210,9 @@ async fn dropping_a_projected_column_stops_the_daemon_before_applying_anything_a
         .get(0);
     assert_eq!(later, 0, "a later transaction was applied");
 
-    // Nothing was lost: the slot still holds the change the daemon stopped at.
+    // Nothing was lost: the slot still holds the change the daemon stopped at. The
+    // walsender of the exited daemon may need a moment to release the slot.
+    db.wait_slot_released().await;
     let rows = client
         .query(
             "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
@@ -260,6 +262,7 @@ async fn a_slot_dropped_while_stopped_is_reported_with_how_to_recover() {
         .unwrap_or_else(|| panic!("still running after SIGTERM; {}", daemon.log()));
     assert!(status.success(), "{}", daemon.log());
 
+    db.wait_slot_released().await;
     exec(
         &client,
         &format!("SELECT pg_drop_replication_slot('{}')", db.slot),
