@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, default_value_t = cmd::validate::DEFAULT_WAIT_SECONDS)]
         wait_seconds: u64,
     },
+    /// The migration report from real figures: counts on both sides, validation, sizes,
+    /// lag, dead letters, first-load times.
+    Report {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How long validation waits for the daemon to pass a difference.
+        #[arg(long, default_value_t = cmd::validate::DEFAULT_WAIT_SECONDS)]
+        wait_seconds: u64,
+    },
     /// Wait until the daemon has processed everything written so far, validate, and print a
     /// go/no-go report. Exit status 0 for GO, 1 for NO-GO.
     Cutover {
@@ -238,6 +248,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => {
             if !cmd::dlq::run_dlq(&settings, command).await? {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Report { json, wait_seconds } => {
+            let wait = std::time::Duration::from_secs(wait_seconds);
+            let report = cmd::report::run_report(&settings, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
             }
         }
         Command::Validate { json, wait_seconds } => {

@@ -4,6 +4,7 @@ pub mod assess;
 pub mod cutover;
 pub mod demo;
 pub mod dlq;
+pub mod report;
 pub mod run;
 pub mod setup;
 pub mod teardown;
