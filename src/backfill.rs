@@ -32,10 +32,10 @@ use crate::apply::sql::{target_columns, value_columns};
 use crate::apply::{ApplyError, db_error};
 use crate::config::Settings;
 use crate::db::{self, quote_ident};
-use crate::project::plan::{DeadLetter, contact_payload};
+use crate::project::plan::{DeadLetter, contact_payload, misfit_dead_letter};
 use crate::project::{
     CONTACT_COLUMNS, Contact, ContactProjection, FieldContext, FieldValue, ProductRules,
-    ValueTable, contact_select, misfits, project_contact, route_field_value,
+    ValueTable, contact_select, project_contact, route_field_value,
 };
 
 /// How often progress is logged.
@@ -467,27 +467,11 @@ async fn copy_pass(
         let contact = Contact::from_columns(&row);
         let projection = project_contact(&contact, rules);
         if let Pass::Customers = pass {
-            let found = misfits(&projection);
-            if !found.is_empty() {
+            if let Some(letter) = misfit_dead_letter(&projection, lsn, "first_load", || {
+                contact_payload(Some(&contact), &Default::default())
+            }) {
                 parked.insert(contact.id);
-                let reasons: Vec<String> = found
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{} is {} characters, longer than {} allows ({}), from contacts.{}",
-                            m.column, m.length, m.column, m.limit, m.source_column
-                        )
-                    })
-                    .collect();
-                dead.push(DeadLetter {
-                    contact_id: Some(contact.id),
-                    lsn,
-                    source_table: "contacts",
-                    operation: "first_load",
-                    key: serde_json::json!({ "id": contact.id }),
-                    payload: contact_payload(Some(&contact), &Default::default()),
-                    error: format!("contact {} at {lsn}: {}", contact.id, reasons.join("; ")),
-                });
+                dead.push(letter);
                 continue;
             }
         } else if parked.contains(&contact.id) {

@@ -1,5 +1,5 @@
-//! How failures are sorted. Each stage has its own error enum; every one of them answers
-//! [`Classify::kind`], which decides what the daemon does next.
+//! How failures are sorted. Each stage has its own error enum with a `kind()` answering
+//! [`ErrorKind`], which decides what the daemon does next.
 
 /// What the daemon does about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +22,6 @@ impl ErrorKind {
             ErrorKind::Fatal => "fatal",
         }
     }
-}
-
-/// Errors that know their [`ErrorKind`].
-pub trait Classify {
-    fn kind(&self) -> ErrorKind;
 }
 
 /// SQLSTATE classes that mean "the session is gone, try again": connection exceptions (08),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::apply::{ApplyError, contact_from_row, db_error, value_from_row};
+use crate::apply::{ApplyError, db_error};
 use crate::config::Settings;
 use crate::db::{self, quote_ident};
 use crate::project::change::Change;
@@ -226,13 +226,13 @@ impl Resync {
         let mut rows: BTreeMap<Uuid, (Option<Contact>, Vec<FieldValue>)> =
             all.iter().map(|id| (*id, (None, Vec::new()))).collect();
         for row in &contacts {
-            let c = contact_from_row(row);
+            let c = Contact::from_columns(row);
             if let Some(entry) = rows.get_mut(&c.id) {
                 entry.0 = Some(c);
             }
         }
         for row in &values {
-            let v = value_from_row(row);
+            let v = FieldValue::from_columns(row, 0);
             if let Some(entry) = rows.get_mut(&v.contact_id) {
                 entry.1.push(v);
             }

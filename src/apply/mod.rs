@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::Lsn;
@@ -297,12 +297,12 @@ impl Applier {
         .map_err(db_error("reading leadsync's state"))?;
         let mut prior = Prior::default();
         for row in &contacts {
-            let c = contact_from_row(row);
+            let c = Contact::from_columns(row);
             prior.contacts.insert(c.id, c);
         }
         let mut fields: HashSet<Uuid> = extra_fields.iter().copied().collect();
         for row in &values {
-            let v = value_from_row(row);
+            let v = FieldValue::from_columns(row, 0);
             fields.insert(v.field_id);
             prior
                 .values
@@ -799,14 +799,4 @@ impl Applier {
 
 fn is_foreign_key_violation(e: &ApplyError) -> bool {
     matches!(e, ApplyError::Db { sqlstate: Some(code), .. } if code == "23503")
-}
-
-/// A mirror row as a [`Contact`] (columns in [`crate::project::CONTACT_COLUMNS`] order).
-pub fn contact_from_row(row: &Row) -> Contact {
-    Contact::from_columns(row)
-}
-
-/// A `(contact_id, field_id, value::text, created_at, updated_at, created_by)` row.
-pub fn value_from_row(row: &Row) -> FieldValue {
-    FieldValue::from_columns(row, 0)
 }

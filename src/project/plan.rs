@@ -344,29 +344,13 @@ fn finish_contact(
 
     let projection = track.state.as_ref().map(|c| project_contact(c, rules));
     let before_projection = before.map(|c| project_contact(c, rules));
-    if let Some(p) = &projection {
-        let found = misfits(p);
-        if !found.is_empty() {
-            let reasons: Vec<String> = found
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} is {} characters, longer than {} allows ({}), from contacts.{}",
-                        m.column, m.length, m.column, m.limit, m.source_column
-                    )
-                })
-                .collect();
-            plan.dead_letters.push(DeadLetter {
-                contact_id: Some(id),
-                lsn: track.lsn,
-                source_table: "contacts",
-                operation: "upsert",
-                key: json!({ "id": id }),
-                payload: contact_payload(track.state.as_ref(), &track.values),
-                error: format!("contact {id} at {}: {}", track.lsn, reasons.join("; ")),
-            });
-            return;
-        }
+    if let Some(dead) = projection.as_ref().and_then(|p| {
+        misfit_dead_letter(p, track.lsn, "upsert", || {
+            contact_payload(track.state.as_ref(), &track.values)
+        })
+    }) {
+        plan.dead_letters.push(dead);
+        return;
     }
 
     let dirty = prior.dirty.contains(&id) || track.forced;
@@ -587,6 +571,39 @@ pub fn plan_reroute(
     }
     out.sort_by_key(|w| w.contact_id);
     out
+}
+
+/// The dead letter for a projected contact whose values do not fit their columns, if any.
+/// `payload` is only built when one is needed.
+pub fn misfit_dead_letter(
+    projection: &ContactProjection,
+    lsn: Lsn,
+    operation: &'static str,
+    payload: impl FnOnce() -> serde_json::Value,
+) -> Option<DeadLetter> {
+    let found = misfits(projection);
+    if found.is_empty() {
+        return None;
+    }
+    let id = projection.customer.cst_id;
+    let reasons: Vec<String> = found
+        .iter()
+        .map(|m| {
+            format!(
+                "{} is {} characters, longer than {} allows ({}), from contacts.{}",
+                m.column, m.length, m.column, m.limit, m.source_column
+            )
+        })
+        .collect();
+    Some(DeadLetter {
+        contact_id: Some(id),
+        lsn,
+        source_table: "contacts",
+        operation,
+        key: json!({ "id": id }),
+        payload: payload(),
+        error: format!("contact {id} at {lsn}: {}", reasons.join("; ")),
+    })
 }
 
 /// The source state of a contact for a dead letter: its row and its values.
