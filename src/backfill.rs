@@ -34,8 +34,8 @@ use crate::config::Settings;
 use crate::db::{self, quote_ident};
 use crate::project::plan::{DeadLetter, contact_payload, misfit_dead_letter};
 use crate::project::{
-    CONTACT_COLUMNS, Contact, ContactProjection, FieldContext, FieldValue, ProductRules,
-    ValueTable, contact_select, project_contact, route_field_value,
+    CONTACT_COLUMNS, ColumnLimits, Contact, ContactProjection, FieldContext, FieldValue,
+    ProductRules, ValueTable, contact_select, project_contact, route_field_value,
 };
 
 /// How often progress is logged.
@@ -174,6 +174,7 @@ pub async fn load(
         &settings.transform.product_rules,
         settings.transform.case_insensitive,
     );
+    let limits = crate::apply::column_limits(apply, &settings.target.schema).await?;
     let mut stats = LoadStats::default();
 
     // Free hands for the load: no statement timeout, enough memory to build indexes.
@@ -261,6 +262,7 @@ pub async fn load(
                 &t,
                 has_context,
                 &rules,
+                &limits,
                 lsn,
                 &mut parked,
                 &mut dead,
@@ -434,6 +436,7 @@ async fn copy_pass(
     t: &str,
     has_context: bool,
     rules: &ProductRules,
+    limits: &ColumnLimits,
     lsn: Lsn,
     parked: &mut HashSet<Uuid>,
     dead: &mut Vec<DeadLetter>,
@@ -467,7 +470,7 @@ async fn copy_pass(
         let contact = Contact::from_columns(&row);
         let projection = project_contact(&contact, rules);
         if let Pass::Customers = pass {
-            if let Some(letter) = misfit_dead_letter(&projection, lsn, "first_load", || {
+            if let Some(letter) = misfit_dead_letter(&projection, limits, lsn, "first_load", || {
                 contact_payload(Some(&contact), &Default::default())
             }) {
                 parked.insert(contact.id);

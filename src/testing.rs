@@ -490,3 +490,87 @@ impl TestDb {
             .expect("assign field contexts");
     }
 }
+
+/// `daemon_env(db)` with the metrics served on a free loopback port, and that address.
+pub fn daemon_env_with_metrics(db: &TestDb) -> (Vec<(String, String)>, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut env = daemon_env(db);
+    env.retain(|(k, _)| k != "LEADSYNC_METRICS__LISTEN");
+    env.push(("LEADSYNC_METRICS__LISTEN".into(), addr.to_string()));
+    (env, addr)
+}
+
+/// Scrapes `/metrics` at `addr` (retrying while nothing listens yet, up to 30 s) and parses
+/// it with [`parse_metrics`].
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("nothing serves metrics on {addr}: {e}"),
+        }
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the server answers within 10 s")
+    .expect("read response");
+    let text = String::from_utf8(bytes).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    parse_metrics(body)
+}
+
+/// `name{labels}` (as written) → value, for every sample line of a Prometheus text scrape.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, rest) = match line.find('{') {
+            // Label values are quoted and may hold spaces or braces: find the closing
+            // brace outside quotes.
+            Some(open) => {
+                let (mut quoted, mut escaped, mut close) = (false, false, None);
+                for (i, c) in line.char_indices().skip(open) {
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '"' => quoted = !quoted,
+                        '}' if !quoted => {
+                            close = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let close = close.unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                (&line[..=close], &line[close + 1..])
+            }
+            None => line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line}")),
+        };
+        // An optional timestamp may follow the value.
+        let value = rest.split_whitespace().next().unwrap_or_default();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        samples.insert(key.to_owned(), value);
+    }
+    samples
+}

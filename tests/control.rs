@@ -3,18 +3,27 @@
 
 use std::time::Duration;
 
-use leadsync::testing::{Daemon, TestDb, daemon_env};
+use leadsync::testing::{Daemon, TestDb, daemon_env, daemon_env_with_metrics, scrape_metrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
 
-fn env_with_pidfile(db: &TestDb) -> Vec<(String, String)> {
-    let mut env = daemon_env(db);
+/// The daemon's environment with a pidfile, and where it serves its metrics.
+fn env_and_metrics(db: &TestDb) -> (Vec<(String, String)>, std::net::SocketAddr) {
+    let (mut env, addr) = daemon_env_with_metrics(db);
     let pidfile = std::env::temp_dir().join(format!("leadsync-test-{}.pid", db.slot));
     env.push((
         "LEADSYNC_CONTROL__PIDFILE".into(),
         pidfile.display().to_string(),
     ));
-    env
+    (env, addr)
+}
+
+/// An unlabelled sample of a scrape.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let samples = scrape_metrics(addr).await;
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {samples:?}"))
 }
 
 fn ctl(env: &[(String, String)], action: &str) -> String {
@@ -60,10 +69,12 @@ async fn walsender_pid(db: &TestDb) -> Option<i32> {
 async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up() {
     let db = TestDb::spawn().await;
     db.make_ready(500).await;
-    let env = env_with_pidfile(&db);
+    let (env, metrics) = env_and_metrics(&db);
     let mut daemon = Daemon::start(BIN, &env);
     db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
         .await;
+    assert_eq!(metric(metrics, "leadsync_paused").await, 0.0);
+    assert_eq!(metric(metrics, "leadsync_lag_seconds").await, 0.0);
 
     // The pidfile appears once the daemon runs.
     let text = ctl(&env, "pause");
@@ -79,6 +90,28 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
         .unwrap();
     let walsender = walsender_pid(&db).await;
     assert!(walsender.is_some());
+    // Paused shows, and the lag grows in bytes (sampled against the server) and seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric(metrics, "leadsync_paused").await,
+        1.0,
+        "{}",
+        daemon.log()
+    );
+    let bytes_before = metric(metrics, "leadsync_lag_bytes").await;
+    let seconds_before = metric(metrics, "leadsync_lag_seconds").await;
+    assert!(
+        bytes_before > 0.0,
+        "no lag in bytes while paused with writes pending"
+    );
+    assert!(seconds_before >= 1.0, "lag {seconds_before} s while paused");
+    client
+        .batch_execute(
+            "UPDATE contacts SET firstname = firstname || '.' WHERE id IN
+               (SELECT id FROM contacts ORDER BY id LIMIT 100)",
+        )
+        .await
+        .unwrap();
     // Longer than the test cluster's wal_sender_timeout (10 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(
@@ -94,6 +127,8 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
     );
     let status = ctl(&env, "status");
     assert!(status.contains("(paused)"), "{status}");
+    assert!(metric(metrics, "leadsync_lag_bytes").await > bytes_before);
+    assert!(metric(metrics, "leadsync_lag_seconds").await >= seconds_before + 10.0);
 
     // A restart comes back paused.
     let code = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
@@ -101,12 +136,21 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
     let daemon = Daemon::start(BIN, &env);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(count_leads_with(&db, "held").await, 0, "{}", daemon.log());
+    assert_eq!(
+        metric(metrics, "leadsync_paused").await,
+        1.0,
+        "{}",
+        daemon.log()
+    );
+    assert!(metric(metrics, "leadsync_lag_seconds").await >= seconds_before + 10.0);
 
     ctl(&env, "resume");
     db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
         .await;
     assert!(count_leads_with(&db, "held").await > 0);
     db.assert_projection(&db.settings()).await;
+    assert_eq!(metric(metrics, "leadsync_paused").await, 0.0);
+    assert_eq!(metric(metrics, "leadsync_lag_seconds").await, 0.0);
     let status = ctl(&env, "status");
     assert!(!status.contains("(paused)"), "{status}");
 }

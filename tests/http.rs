@@ -11,7 +11,7 @@ use leadsync::Lsn;
 use leadsync::http::{sample_lag, serve};
 use leadsync::metrics as names;
 use leadsync::status::{BackfillProgress, Counters, SharedStatus, State};
-use leadsync::testing::TestDb;
+use leadsync::testing::{TestDb, daemon_env_with_metrics, parse_metrics};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -333,47 +333,6 @@ async fn returns_on_shutdown() {
 
 // ---- the Prometheus text format, parsed just enough for assertions ----
 
-/// `name{labels}` (as written) → value, for every sample line of a scrape.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, rest) = match line.find('{') {
-            // Label values are quoted and may hold spaces or braces: find the closing
-            // brace outside quotes.
-            Some(open) => {
-                let (mut quoted, mut escaped, mut close) = (false, false, None);
-                for (i, c) in line.char_indices().skip(open) {
-                    match c {
-                        _ if escaped => escaped = false,
-                        '\\' => escaped = true,
-                        '"' => quoted = !quoted,
-                        '}' if !quoted => {
-                            close = Some(i);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                let close = close.unwrap_or_else(|| panic!("unclosed labels: {line}"));
-                (&line[..=close], &line[close + 1..])
-            }
-            None => line
-                .split_once(' ')
-                .unwrap_or_else(|| panic!("no value: {line}")),
-        };
-        // An optional timestamp may follow the value.
-        let value = rest.split_whitespace().next().unwrap_or_default();
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line}"));
-        samples.insert(key.to_owned(), value);
-    }
-    samples
-}
-
 /// The value of an unlabelled sample.
 fn value(samples: &HashMap<String, f64>, name: &str) -> Option<f64> {
     samples.get(name).copied()
@@ -526,13 +485,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
 const IDLE_WINDOW: f64 = 4096.0;
 
 /// A port nobody listens on: bind port 0, note the port, let it go.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// GET over a fresh connection, retried while the daemon is not listening yet.
 async fn get_when_up(addr: SocketAddr, path: &str, daemon: &leadsync::testing::Daemon) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -569,11 +521,7 @@ async fn daemon_metrics_match_the_slot() {
     leadsync::cmd::setup::run_setup(&db.settings())
         .await
         .expect("setup");
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut env = leadsync::testing::daemon_env(&db);
-    env.retain(|(k, _)| k != "LEADSYNC_METRICS__LISTEN");
-    env.push(("LEADSYNC_METRICS__LISTEN".into(), addr.to_string()));
+    let (env, addr) = daemon_env_with_metrics(&db);
     let daemon = leadsync::testing::Daemon::start(BIN, &env);
 
     assert_eq!(get_when_up(addr, "/healthz", &daemon).await.code, 200);

@@ -360,6 +360,136 @@ async fn dlq_lists_dead_letters_and_retry_replays_the_current_state() {
 }
 
 #[tokio::test]
+async fn each_rejected_class_is_parked_while_the_rest_applies_and_retry_applies_after_the_fix() {
+    let (db, daemon, client) = running(200).await;
+    let settings = db.settings();
+    let workspace: Uuid = one(&client, "SELECT workspace_id FROM contacts LIMIT 1").await;
+    // A rule of the new schema that some legacy data breaks.
+    exec(
+        &client,
+        "ALTER TABLE customers ADD CONSTRAINT no_test_accounts
+           CHECK (firstname IS DISTINCT FROM 'Rejected')",
+    )
+    .await;
+    let [long_phone, long_email, breaks_rule, fine] = [(); 4].map(|_| Uuid::new_v4());
+    let phone = "+1 (555) 010-0199 ext. 1234";
+    let email = format!("{}@example.com", "a".repeat(300));
+    // One legacy transaction; every write succeeds on the legacy side.
+    exec(
+        &client,
+        &format!(
+            "BEGIN;
+             INSERT INTO contacts (id, workspace_id, firstname, phone_number, lead_status)
+               VALUES ('{long_phone}', '{workspace}', 'Phone', '{phone}', 'new');
+             INSERT INTO contacts (id, workspace_id, firstname, email, lead_status)
+               VALUES ('{long_email}', '{workspace}', 'Email', '{email}', 'new');
+             INSERT INTO contacts (id, workspace_id, firstname, lead_status)
+               VALUES ('{breaks_rule}', '{workspace}', 'Rejected', 'new');
+             INSERT INTO contacts (id, workspace_id, firstname, lead_status)
+               VALUES ('{fine}', '{workspace}', 'Fine', 'new');
+             COMMIT;"
+        ),
+    )
+    .await;
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+
+    let customers = |id: Uuid| {
+        format!("SELECT count(*) FROM customers WHERE cst_id = '{id}' AND deleted_at IS NULL")
+    };
+    assert_eq!(
+        one::<i64>(&client, &customers(fine)).await,
+        1,
+        "{}",
+        daemon.log()
+    );
+    let leads: i64 = one(
+        &client,
+        &format!("SELECT count(*) FROM leads WHERE customer_id = '{fine}'"),
+    )
+    .await;
+    assert_eq!(leads, 1, "the rest of the transaction applies");
+    let list = run_dlq_list(&settings).await.unwrap();
+    let expected = [
+        (long_phone, "customers.phone1"),
+        (long_email, "customers.email"),
+        (breaks_rule, "no_test_accounts"),
+    ];
+    let mut ids = Vec::new();
+    for (contact, names) in expected {
+        assert_eq!(one::<i64>(&client, &customers(contact)).await, 0);
+        let letter = list
+            .pending
+            .iter()
+            .find(|d| d.contact_id == Some(contact))
+            .unwrap_or_else(|| panic!("no dead letter for {contact}: {list:?}"));
+        assert!(letter.error.contains(names), "{}", letter.error);
+        assert!(letter.lsn.is_some(), "{letter:?}");
+        let payload: serde_json::Value = one(
+            &client,
+            &format!(
+                "SELECT payload FROM leadsync.dead_letters WHERE id = {}",
+                letter.id
+            ),
+        )
+        .await;
+        assert_eq!(
+            payload["contact"]["id"],
+            contact.to_string(),
+            "the payload is the contact: {payload}"
+        );
+        ids.push(letter.id);
+    }
+    assert_eq!(list.pending.len(), 3, "{list:?}");
+
+    // Retrying before the fix changes nothing.
+    let report = run_dlq_retry(&settings, &ids, CATCH_UP)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", daemon.log()));
+    assert!(
+        report.letters.iter().all(|l| l.status == "pending"),
+        "{}",
+        report.render()
+    );
+
+    // The fix: wider columns, the rule dropped. The retry applies the current state.
+    exec(
+        &client,
+        "ALTER TABLE customers ALTER COLUMN phone1 TYPE VARCHAR(40),
+                               ALTER COLUMN email TYPE VARCHAR(320),
+                               DROP CONSTRAINT no_test_accounts",
+    )
+    .await;
+    let report = run_dlq_retry(&settings, &ids, CATCH_UP)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", daemon.log()));
+    assert!(
+        report.letters.iter().all(|l| l.status == "replayed"),
+        "{}\n{}",
+        report.render(),
+        daemon.log()
+    );
+    for (contact, _) in expected {
+        assert_eq!(one::<i64>(&client, &customers(contact)).await, 1);
+    }
+    let stored: (String, String) = {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT phone1 FROM customers WHERE cst_id = '{long_phone}'),
+                            (SELECT email FROM customers WHERE cst_id = '{long_email}')"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(stored, (phone.to_owned(), email));
+    assert!(run_dlq_list(&settings).await.unwrap().pending.is_empty());
+    db.assert_projection(&settings).await;
+}
+
+#[tokio::test]
 async fn validate_passes_under_live_writes_and_names_every_kind_of_drift() {
     let (db, daemon, client) = running(500).await;
     let settings = db.settings();

@@ -23,7 +23,7 @@ use crate::db;
 use crate::error::{ErrorKind, is_bad_row_sqlstate, is_transient_sqlstate};
 use crate::project::change::{Change, Stamped};
 use crate::project::plan::{DeadLetter, Plan, Prior, plan_chunk};
-use crate::project::{Contact, FieldContext, FieldValue, ProductRules};
+use crate::project::{ColumnLimits, Contact, FieldContext, FieldValue, ProductRules};
 use crate::source::convert::SourceTable;
 
 pub use sql::Sql;
@@ -132,6 +132,7 @@ pub struct Applier {
     source_schema: String,
     slot: String,
     rules: ProductRules,
+    limits: ColumnLimits,
     delete_mode: DeleteMode,
     on_error: OnError,
     chunk: Vec<Stamped>,
@@ -173,6 +174,7 @@ impl Applier {
             }
             Err(e) => return Err(db_error("binding the replication origin")(e)),
         }
+        let limits = column_limits(&client, &settings.target.schema).await?;
         Ok(Applier {
             client,
             sql: Sql::new(&settings.target.schema),
@@ -182,6 +184,7 @@ impl Applier {
                 &settings.transform.product_rules,
                 settings.transform.case_insensitive,
             ),
+            limits,
             delete_mode: settings.sync.delete_mode,
             on_error: settings.sync.on_error,
             chunk: Vec::with_capacity(CHUNK_CHANGES),
@@ -196,6 +199,18 @@ impl Applier {
     /// The session, for reads that must see the open transaction.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The target's column widths the projection checks values against.
+    pub fn limits(&self) -> &ColumnLimits {
+        &self.limits
+    }
+
+    /// Reads the target's column widths again (an operator may have widened a column to
+    /// let parked values in).
+    pub async fn refresh_limits(&mut self, target_schema: &str) -> Result<(), ApplyError> {
+        self.limits = column_limits(&self.client, target_schema).await?;
+        Ok(())
     }
 
     /// Whether a target transaction is open.
@@ -275,7 +290,7 @@ impl Applier {
             })
             .collect();
         let prior = self.load_prior(&ids, &extra_fields).await?;
-        let plan = plan_chunk(&prior, &chunk, &self.rules, self.delete_mode);
+        let plan = plan_chunk(&prior, &chunk, &self.rules, &self.limits, self.delete_mode);
         self.chunk = chunk;
         self.chunk.clear();
         self.execute(plan).await
@@ -687,7 +702,13 @@ impl Applier {
                     });
                 }
             }
-            let plan = plan_chunk(&prior, &changes, &self.rules, self.delete_mode);
+            let plan = plan_chunk(
+                &prior,
+                &changes,
+                &self.rules,
+                &self.limits,
+                self.delete_mode,
+            );
             self.execute(plan).await?;
         }
     }
@@ -795,6 +816,35 @@ impl Applier {
             .map_err(db_error("recording the phase"))?;
         Ok(())
     }
+}
+
+/// The widths of the length-limited target columns as the catalog has them.
+pub async fn column_limits(
+    client: &Client,
+    target_schema: &str,
+) -> Result<ColumnLimits, ApplyError> {
+    let rows = client
+        .query(
+            "SELECT c.relname || '.' || a.attname,
+                    CASE WHEN a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)
+                              AND a.atttypmod > 4
+                         THEN a.atttypmod - 4 END
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname IN ('customers', 'leads')
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target_schema],
+        )
+        .await
+        .map_err(db_error("reading the target's column widths"))?;
+    let mut limits = ColumnLimits::default();
+    for row in rows {
+        let column: String = row.get(0);
+        let limit: Option<i32> = row.get(1);
+        limits = limits.with(&column, limit.and_then(|l| usize::try_from(l).ok()));
+    }
+    Ok(limits)
 }
 
 fn is_foreign_key_violation(e: &ApplyError) -> bool {

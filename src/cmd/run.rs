@@ -144,7 +144,8 @@ async fn session(
     status.update(|s| s.state = State::Starting);
     let mut applier = Applier::connect(settings).await?;
     metrics::gauge!(m::STANDBY).set(0.0);
-    let (phase, paused) = read_phase(applier.client(), &settings.slot.name).await?;
+    let (phase, paused_since) = read_phase(applier.client(), &settings.slot.name).await?;
+    let paused = paused_since.is_some();
     let slot = source::slot_status(applier.client(), &settings.slot.name).await?;
     if slot.wal_status.as_deref() == Some("lost") {
         return Err(SourceError::SlotInvalidated {
@@ -189,18 +190,22 @@ async fn session(
         peeked: None,
         status: status.clone(),
         paused,
+        paused_since,
         changes: Vec::new(),
         dead_letters_seen: 0,
         oldest_unapplied: None,
         last_heartbeat: Instant::now(),
     };
+    metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
     status.update(|s| {
+        s.paused = paused;
         s.state = if paused {
             State::Paused
         } else {
             State::Streaming
         }
     });
+    stream.report_lag();
     let result = stream.run(controls).await;
     if result.is_err() {
         let _ = stream.applier.rollback().await;
@@ -210,7 +215,11 @@ async fn session(
     result
 }
 
-async fn read_phase(client: &Client, slot: &str) -> Result<(String, bool), RunError> {
+/// The phase, and since when the daemon is paused if it is.
+async fn read_phase(
+    client: &Client,
+    slot: &str,
+) -> Result<(String, Option<NaiveDateTime>), RunError> {
     let not_set_up = || {
         RunError::NotSetUp(format!(
             "leadsync's state for slot `{slot}` is missing: run `leadsync setup` first"
@@ -218,7 +227,8 @@ async fn read_phase(client: &Client, slot: &str) -> Result<(String, bool), RunEr
     };
     let row = client
         .query_opt(
-            "SELECT phase, paused FROM leadsync.sync_state WHERE slot_name = $1",
+            "SELECT phase, CASE WHEN paused THEN (updated_at AT TIME ZONE 'UTC') END
+             FROM leadsync.sync_state WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -317,6 +327,8 @@ struct Stream<'a> {
     /// Paused: apply nothing, leave the stream unread (the reader keeps the connection
     /// alive with status updates).
     paused: bool,
+    /// When the pause began: the target is current as of then.
+    paused_since: Option<NaiveDateTime>,
     /// Changes in the open target transaction by (table, op), for the metrics at commit: a
     /// handful of counters, whatever the transaction's size.
     changes: Vec<((&'static str, &'static str), u64)>,
@@ -366,6 +378,8 @@ impl Stream<'_> {
                     tokio::select! {
                         _ = controls.pause.changed() => {}
                         _ = controls.shutdown.changed() => {}
+                        // The lag keeps growing while nothing is applied.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => self.report_lag(),
                     }
                     continue;
                 }
@@ -431,6 +445,8 @@ impl Stream<'_> {
             .await
             .map_err(query_error("recording the pause"))?;
         self.paused = paused;
+        self.paused_since = paused.then(|| Utc::now().naive_utc());
+        self.report_lag();
         metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
         self.status.update(|s| {
             s.paused = paused;
@@ -513,6 +529,10 @@ impl Stream<'_> {
                         .map(|t| t.commit_time)
                         .unwrap_or_else(|| Utc::now().naive_utc());
                     let count = released.changes.len() as i64;
+                    // A re-read is also the moment to see columns widened since.
+                    self.applier
+                        .refresh_limits(&self.settings.target.schema)
+                        .await?;
                     for change in released.changes {
                         self.applier
                             .push(Stamped {
@@ -618,22 +638,32 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Lag in seconds: the age of the oldest source transaction received but not applied;
+    /// while paused, at least the time since the pause (the target is current as of then);
+    /// 0 when caught up.
+    fn report_lag(&self) {
+        let now = Utc::now().naive_utc();
+        let age = |t: NaiveDateTime| (now - t).as_seconds_f64().max(0.0);
+        let lag = self
+            .oldest_unapplied
+            .map(age)
+            .unwrap_or(0.0)
+            .max(self.paused_since.map(age).unwrap_or(0.0));
+        metrics::gauge!(m::LAG_SECONDS).set(lag);
+        self.status.update(|s| s.lag_seconds = lag);
+    }
+
     fn advance(&mut self, lsn: Lsn) {
         if lsn > self.processed {
             self.processed = lsn;
             self.client.update_applied_lsn(lsn.into());
             metrics::gauge!(m::APPLIED_LSN).set(lsn.0 as f64);
         }
-        let lag = self
-            .oldest_unapplied
-            .map(|t| (Utc::now().naive_utc() - t).as_seconds_f64().max(0.0))
-            .unwrap_or(0.0);
-        metrics::gauge!(m::LAG_SECONDS).set(lag);
+        self.report_lag();
         let stats = self.applier.stats;
         let processed = self.processed;
         self.status.update(|s| {
             s.processed_lsn = Some(processed.to_string());
-            s.lag_seconds = lag;
             s.counters.changes = stats.changes;
             s.counters.transactions = stats.transactions;
             s.counters.dead_letters = stats.dead_letters;

@@ -492,18 +492,79 @@ pub const LENGTH_LIMITS: &[(&str, &str, usize)] = &[
     ("leads.disposition", "lead_status", 100),
 ];
 
+/// The widths of the length-limited target columns as the target has them: the DDL's by
+/// default, the catalog's once read, so a column an operator widened takes longer values
+/// (and a dead letter parked for it can be retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnLimits {
+    /// `None`: the column takes any length (e.g. altered to `text`).
+    limits: Vec<(&'static str, &'static str, Option<usize>)>,
+}
+
+impl Default for ColumnLimits {
+    fn default() -> ColumnLimits {
+        ColumnLimits {
+            limits: LENGTH_LIMITS
+                .iter()
+                .map(|&(column, source, limit)| (column, source, Some(limit)))
+                .collect(),
+        }
+    }
+}
+
+impl ColumnLimits {
+    /// The limits with `column` (`table.column`) set to `limit`. Unknown columns are ignored.
+    pub fn with(mut self, column: &str, limit: Option<usize>) -> ColumnLimits {
+        if let Some(entry) = self.limits.iter_mut().find(|(c, _, _)| *c == column) {
+            entry.2 = limit;
+        }
+        self
+    }
+
+    /// The limit of `column` (`table.column`), if it has one.
+    pub fn limit(&self, column: &str) -> Option<usize> {
+        self.limits
+            .iter()
+            .find(|(c, _, _)| *c == column)
+            .and_then(|(_, _, limit)| *limit)
+    }
+
+    /// The limited columns, as `table.column`.
+    pub fn columns(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.limits.iter().map(|(c, _, _)| *c)
+    }
+
+    fn check(&self, values: &[(&'static str, Option<&str>)]) -> Vec<Misfit> {
+        values
+            .iter()
+            .filter_map(|&(column, value)| {
+                let &(_, source_column, limit) =
+                    self.limits.iter().find(|(c, _, _)| *c == column)?;
+                let limit = limit?;
+                let length = value?.chars().count();
+                (length > limit).then_some(Misfit {
+                    column,
+                    source_column,
+                    limit,
+                    length,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The projected values that will not fit their columns.
-pub fn misfits(p: &ContactProjection) -> Vec<Misfit> {
-    let mut found = customer_misfits(&p.customer);
+pub fn misfits(p: &ContactProjection, limits: &ColumnLimits) -> Vec<Misfit> {
+    let mut found = customer_misfits(&p.customer, limits);
     if let Some(lead) = &p.lead {
-        found.extend(lead_misfits(lead));
+        found.extend(lead_misfits(lead, limits));
     }
     found
 }
 
 /// The customer's values that will not fit their columns.
-pub fn customer_misfits(c: &Customer) -> Vec<Misfit> {
-    check_lengths(&[
+pub fn customer_misfits(c: &Customer, limits: &ColumnLimits) -> Vec<Misfit> {
+    limits.check(&[
         ("customers.firstname", c.firstname.as_deref()),
         ("customers.lastname", c.lastname.as_deref()),
         ("customers.email", c.email.as_deref()),
@@ -515,28 +576,12 @@ pub fn customer_misfits(c: &Customer) -> Vec<Misfit> {
 }
 
 /// The lead's values that will not fit their columns.
-pub fn lead_misfits(lead: &Lead) -> Vec<Misfit> {
-    check_lengths(&[
+pub fn lead_misfits(lead: &Lead, limits: &ColumnLimits) -> Vec<Misfit> {
+    limits.check(&[
         ("leads.productid", Some(&lead.productid)),
         ("leads.source", Some(&lead.source)),
         ("leads.disposition", Some(&lead.disposition)),
     ])
-}
-
-fn check_lengths(values: &[(&'static str, Option<&str>)]) -> Vec<Misfit> {
-    values
-        .iter()
-        .filter_map(|&(column, value)| {
-            let &(_, source_column, limit) = LENGTH_LIMITS.iter().find(|(c, _, _)| *c == column)?;
-            let length = value?.chars().count();
-            (length > limit).then_some(Misfit {
-                column,
-                source_column,
-                limit,
-                length,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::change::{Change, Stamped, Unchanged};
 use super::{
-    Appointment, Contact, ContactProjection, Customer, FieldContext, FieldValue, Lead,
-    ProductRules, RoutedValue, ValueTable, appointment_id_for, customer_misfits, lead_id_for,
+    Appointment, ColumnLimits, Contact, ContactProjection, Customer, FieldContext, FieldValue,
+    Lead, ProductRules, RoutedValue, ValueTable, appointment_id_for, customer_misfits, lead_id_for,
     lead_misfits, misfits, project_contact, route_field_value,
 };
 use crate::Lsn;
@@ -176,6 +176,7 @@ pub fn plan_chunk(
     prior: &Prior,
     changes: &[Stamped],
     rules: &ProductRules,
+    limits: &ColumnLimits,
     delete_mode: DeleteMode,
 ) -> Plan {
     let mut tracks: BTreeMap<Uuid, Track> = BTreeMap::new();
@@ -273,7 +274,7 @@ pub fn plan_chunk(
 
     let mut plan = Plan::default();
     for (id, track) in tracks {
-        finish_contact(&mut plan, prior, id, track, rules, delete_mode);
+        finish_contact(&mut plan, prior, id, track, rules, limits, delete_mode);
     }
     plan
 }
@@ -284,6 +285,7 @@ fn finish_contact(
     id: Uuid,
     track: Track,
     rules: &ProductRules,
+    limits: &ColumnLimits,
     delete_mode: DeleteMode,
 ) {
     if let Some(field) = track.unknown_value {
@@ -345,7 +347,7 @@ fn finish_contact(
     let projection = track.state.as_ref().map(|c| project_contact(c, rules));
     let before_projection = before.map(|c| project_contact(c, rules));
     if let Some(dead) = projection.as_ref().and_then(|p| {
-        misfit_dead_letter(p, track.lsn, "upsert", || {
+        misfit_dead_letter(p, limits, track.lsn, "upsert", || {
             contact_payload(track.state.as_ref(), &track.values)
         })
     }) {
@@ -398,7 +400,7 @@ fn finish_contact(
         source: track.state.clone(),
     };
     // A soft-deleted row whose last image does not fit its columns only gets deleted_at.
-    strip_misfit_images(&mut writes);
+    strip_misfit_images(&mut writes, limits);
     if !writes.is_empty() {
         plan.writes.push(writes);
     }
@@ -509,16 +511,18 @@ fn parent_for(
     })
 }
 
-fn strip_misfit_images(writes: &mut ContactWrites) {
+fn strip_misfit_images(writes: &mut ContactWrites, limits: &ColumnLimits) {
     if let Some(RowWrite::SoftDelete { row, .. }) = &mut writes.customer
         && row
             .as_ref()
-            .is_some_and(|c| !customer_misfits(c).is_empty())
+            .is_some_and(|c| !customer_misfits(c, limits).is_empty())
     {
         *row = None;
     }
     if let Some(RowWrite::SoftDelete { row, .. }) = &mut writes.lead
-        && row.as_ref().is_some_and(|l| !lead_misfits(l).is_empty())
+        && row
+            .as_ref()
+            .is_some_and(|l| !lead_misfits(l, limits).is_empty())
     {
         *row = None;
     }
@@ -577,11 +581,12 @@ pub fn plan_reroute(
 /// `payload` is only built when one is needed.
 pub fn misfit_dead_letter(
     projection: &ContactProjection,
+    limits: &ColumnLimits,
     lsn: Lsn,
     operation: &'static str,
     payload: impl FnOnce() -> serde_json::Value,
 ) -> Option<DeadLetter> {
-    let found = misfits(projection);
+    let found = misfits(projection, limits);
     if found.is_empty() {
         return None;
     }

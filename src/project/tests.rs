@@ -525,7 +525,7 @@ fn misfits_name_column_limit_and_length() {
         lead_status: Some("d".repeat(101)),
         ..contact()
     };
-    let found = misfits(&project_contact(&c, &rules()));
+    let found = misfits(&project_contact(&c, &rules()), &ColumnLimits::default());
     assert_eq!(
         found,
         vec![
@@ -550,7 +550,13 @@ fn misfits_name_column_limit_and_length() {
         ],
         "50 two-byte characters still fit VARCHAR(50)"
     );
-    assert!(misfits(&project_contact(&contact(), &rules())).is_empty());
+    assert!(
+        misfits(
+            &project_contact(&contact(), &rules()),
+            &ColumnLimits::default()
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -573,7 +579,7 @@ fn every_length_limit_is_checked() {
         &parse_rules(&format!("solar={}", "P".repeat(101))).unwrap(),
         false,
     );
-    let columns: Vec<&str> = misfits(&project_contact(&c, &wide))
+    let columns: Vec<&str> = misfits(&project_contact(&c, &wide), &ColumnLimits::default())
         .iter()
         .map(|m| m.column)
         .collect();
@@ -585,7 +591,35 @@ fn every_length_limit_is_checked() {
         zip: long(20),
         ..contact()
     };
-    assert!(misfits(&project_contact(&at_limit, &rules())).is_empty());
+    assert!(
+        misfits(
+            &project_contact(&at_limit, &rules()),
+            &ColumnLimits::default()
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn widened_columns_take_longer_values() {
+    let c = Contact {
+        phone_number: Some("(555) 123-4567 ext. 1234".into()),
+        lead_status: Some("d".repeat(101)),
+        ..contact()
+    };
+    let p = project_contact(&c, &rules());
+    let widened = ColumnLimits::default().with("customers.phone1", Some(40));
+    let found: Vec<&str> = misfits(&p, &widened).iter().map(|m| m.column).collect();
+    assert_eq!(found, ["leads.disposition"]);
+    let text = widened.with("leads.disposition", None);
+    assert!(misfits(&p, &text).is_empty());
+    assert_eq!(text.limit("customers.phone1"), Some(40));
+    assert_eq!(text.limit("leads.disposition"), None);
+    assert_eq!(text.limit("customers.nope"), None);
+    assert_eq!(
+        ColumnLimits::default().columns().collect::<Vec<_>>(),
+        LENGTH_LIMITS.iter().map(|(c, _, _)| *c).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -97,7 +97,13 @@ fn prior_with(c: Option<Contact>, values: &[FieldValue]) -> Prior {
 }
 
 fn plan(prior: &Prior, changes: &[Stamped]) -> Plan {
-    plan_chunk(prior, changes, &rules(), DeleteMode::Soft)
+    plan_chunk(
+        prior,
+        changes,
+        &rules(),
+        &ColumnLimits::default(),
+        DeleteMode::Soft,
+    )
 }
 
 fn only_writes(plan: &Plan) -> &ContactWrites {
@@ -210,6 +216,7 @@ fn clearing_the_status_soft_deletes_lead_and_appointment_at_commit_time() {
             10,
         )],
         &rules(),
+        &ColumnLimits::default(),
         DeleteMode::Hard,
     );
     let w = only_writes(&hard);
@@ -278,7 +285,13 @@ fn insert_and_delete_in_one_chunk_leaves_a_deleted_row() {
             deleted_at: ts("2024-01-01 00:00:02"),
         })
     );
-    let hard = plan_chunk(&prior_with(None, &[]), &changes, &rules(), DeleteMode::Hard);
+    let hard = plan_chunk(
+        &prior_with(None, &[]),
+        &changes,
+        &rules(),
+        &ColumnLimits::default(),
+        DeleteMode::Hard,
+    );
     assert_eq!(only_writes(&hard).customer, Some(RowWrite::HardDelete(C)));
 }
 
