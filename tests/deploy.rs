@@ -559,8 +559,9 @@ fn image_is_multi_stage_non_root_and_configured_like_the_defaults() {
         "a HEALTHCHECK"
     );
 
-    // The build context holds every file Cargo needs to read the manifest: the sources and
-    // each declared test and bench target.
+    // The build context holds every file Cargo needs to read the manifest and build the
+    // binary: the sources, each declared test and bench target, and what the sources
+    // compile in.
     let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml");
     let mut needed = vec![
         "Cargo.toml".to_owned(),
@@ -583,6 +584,7 @@ fn image_is_multi_stage_non_root_and_configured_like_the_defaults() {
             needed.push(path);
         }
     }
+    needed.extend(compiled_in_files());
     let froms: Vec<usize> = (0..all.len()).filter(|&i| all[i].0 == "FROM").collect();
     let build_copies: Vec<String> = all[froms[0]..froms[1]]
         .iter()
@@ -625,6 +627,53 @@ fn image_is_multi_stage_non_root_and_configured_like_the_defaults() {
         included.contains(&"config/leadsync.toml"),
         ".dockerignore lets config/leadsync.toml into the context"
     );
+}
+
+/// The files the binary compiles in (`include_str!` / `include_bytes!` in src/, outside test
+/// modules), relative to the repository root.
+fn compiled_in_files() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root().join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list src/") {
+            let path = entry.expect("directory entry").path();
+            let test_only = path
+                .file_name()
+                .is_some_and(|n| n == "tests" || n == "tests.rs");
+            if test_only {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read a source file");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for mac in ["include_str!(\"", "include_bytes!(\""] {
+                for (at, _) in code.match_indices(mac) {
+                    let rest = &code[at + mac.len()..];
+                    let relative = &rest[..rest.find('"').expect("a closing quote")];
+                    let file = path.parent().unwrap().join(relative);
+                    let file = std::fs::canonicalize(&file)
+                        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                    let from_root = file
+                        .strip_prefix(std::fs::canonicalize(root()).unwrap())
+                        .expect("inside the repository")
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push(from_root);
+                }
+            }
+        }
+    }
+    assert!(
+        out.iter().any(|f| f.starts_with("fixtures/")),
+        "the fixtures are found among the compiled-in files: {out:?}"
+    );
+    out
 }
 
 /// The HEALTHCHECK's command, run against the real HTTP endpoints: it passes in every state
