@@ -289,6 +289,14 @@ CREATE TABLE IF NOT EXISTS leadsync.resync_requests (
     started_at TIMESTAMPTZ,
     finished_at TIMESTAMPTZ
 );
+
+-- The contact row versions reverse sync wrote (by xmin): such a version is an older customer
+-- edit carried back, not a later legacy change, so a later customer edit still wins over it.
+CREATE TABLE IF NOT EXISTS leadsync.reverse_writes (
+    contact_id UUID PRIMARY KEY,
+    row_xmin XID NOT NULL,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 "#;
 
 /// The row-level-security policies: select, insert, update and delete by workspace

@@ -490,6 +490,70 @@ async fn each_rejected_class_is_parked_while_the_rest_applies_and_retry_applies_
 }
 
 #[tokio::test]
+async fn on_error_stop_halts_before_the_bad_change_and_a_restart_parks_it() {
+    let (db, mut daemon, client) = running(100).await;
+    let settings = db.settings();
+    daemon.kill();
+    db.wait_slot_released().await;
+    let mut env = daemon_env(&db);
+    env.push(("LEADSYNC_SYNC__ON_ERROR".into(), "stop".into()));
+    let mut strict = Daemon::start(BIN, &env);
+    db.wait_caught_up(CATCH_UP, &|| strict.log()).await;
+
+    let workspace: Uuid = one(&client, "SELECT workspace_id FROM contacts LIMIT 1").await;
+    let [bad, after] = [(); 2].map(|_| Uuid::new_v4());
+    exec(
+        &client,
+        &format!(
+            "INSERT INTO contacts (id, workspace_id, firstname, phone_number)
+               VALUES ('{bad}', '{workspace}', 'Long', '+1 (555) 010-0199 ext. 1234');
+             INSERT INTO contacts (id, workspace_id, firstname)
+               VALUES ('{after}', '{workspace}', 'After');"
+        ),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    let status = loop {
+        if let Some(status) = strict.try_wait() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {}",
+            strict.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{}", strict.log());
+    let log = strict.log();
+    assert!(log.contains("sync.on_error"), "{log}");
+    assert!(log.contains("customers.phone1"), "{log}");
+    let applied: i64 = one(
+        &client,
+        &format!("SELECT count(*) FROM customers WHERE cst_id IN ('{bad}', '{after}')"),
+    )
+    .await;
+    assert_eq!(applied, 0, "nothing at or after the bad change is applied");
+    let parked: i64 = one(&client, "SELECT count(*) FROM leadsync.dead_letters").await;
+    assert_eq!(parked, 0);
+
+    // The default parks it and goes on.
+    db.wait_slot_released().await;
+    let daemon = Daemon::start(BIN, &daemon_env(&db));
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    let applied: i64 = one(
+        &client,
+        &format!("SELECT count(*) FROM customers WHERE cst_id = '{after}'"),
+    )
+    .await;
+    assert_eq!(applied, 1, "{}", daemon.log());
+    let parked = run_dlq_list(&settings).await.unwrap().pending;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].contact_id, Some(bad));
+    db.assert_projection(&settings).await;
+}
+
+#[tokio::test]
 async fn validate_passes_under_live_writes_and_names_every_kind_of_drift() {
     let (db, daemon, client) = running(500).await;
     let settings = db.settings();

@@ -118,10 +118,12 @@ async fn resync_repairs_damaged_rows_while_writes_continue() {
         .await;
     db.assert_projection(&db.settings()).await;
 
-    // Every workspace: damage elsewhere, resync without a workspace.
+    // Every workspace: damage elsewhere, resync without a workspace. (Columns reverse sync
+    // does not carry back: an edit of a customer's name or email is the application's, and
+    // goes to the contact.)
     client
         .batch_execute(
-            "UPDATE customers SET email = 'wrong@example.com' WHERE cst_id IN
+            "UPDATE customers SET country = 'XX', dateadded = now() WHERE cst_id IN
                (SELECT cst_id FROM customers WHERE deleted_at IS NULL ORDER BY md5(cst_id::text) LIMIT 50)",
         )
         .await

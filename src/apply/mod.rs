@@ -23,8 +23,10 @@ use crate::db;
 use crate::error::{ErrorKind, is_bad_row_sqlstate, is_transient_sqlstate};
 use crate::project::change::{Change, Stamped};
 use crate::project::plan::{DeadLetter, Plan, Prior, plan_chunk};
-use crate::project::{ColumnLimits, Contact, FieldContext, FieldValue, ProductRules};
-use crate::source::convert::SourceTable;
+use crate::project::{
+    CONTACT_COLUMNS, ColumnLimits, Contact, FieldContext, FieldValue, ProductRules,
+};
+use crate::source::convert::{CustomerEdit, REVERSE_COLUMNS, SourceTable};
 
 pub use sql::Sql;
 
@@ -780,6 +782,71 @@ impl Applier {
         Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO))
     }
 
+    /// Writes a customer's edit back to its contact (reverse sync) in the open transaction.
+    /// Returns whether the contact was written: nothing is written for a native or deleted
+    /// customer, a contact that is gone, a contact with a change leadsync has not processed
+    /// yet (it committed later and wins when it flows forward), or a contact that already
+    /// holds these values.
+    pub async fn reverse(&mut self, edit: &CustomerEdit, lsn: Lsn) -> Result<bool, ApplyError> {
+        let Some(contact) = edit.migrated_from.filter(|c| *c == edit.cst_id) else {
+            return Ok(false);
+        };
+        let Some((statement, values)) =
+            reverse_update(&self.source_schema, edit).filter(|_| !edit.deleted)
+        else {
+            return Ok(false);
+        };
+        // leadsync's state must hold every change received before this edit.
+        self.flush().await?;
+        self.ensure_open().await?;
+        self.txn_changes += 1;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&contact];
+        params.extend(
+            values
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        self.savepoint("SAVEPOINT leadsync_reverse").await?;
+        match self.client.execute(&statement, &params).await {
+            Ok(written) => {
+                self.savepoint("RELEASE SAVEPOINT leadsync_reverse").await?;
+                Ok(written > 0)
+            }
+            Err(e) => {
+                let e = db_error("writing a customer's edit back to its contact")(e);
+                if e.kind() != ErrorKind::BadRow {
+                    return Err(e);
+                }
+                self.savepoint("ROLLBACK TO SAVEPOINT leadsync_reverse")
+                    .await?;
+                let dead = DeadLetter {
+                    contact_id: None,
+                    lsn,
+                    source_table: "customers",
+                    operation: "reverse_update",
+                    key: serde_json::json!({ "cst_id": edit.cst_id }),
+                    payload: serde_json::json!({
+                        "values": REVERSE_COLUMNS
+                            .iter()
+                            .zip(&edit.values)
+                            .filter_map(|((_, to), v)| v.as_ref().map(|v| ((*to).to_owned(), v.clone().into())))
+                            .collect::<serde_json::Map<String, serde_json::Value>>(),
+                    }),
+                    error: format!(
+                        "customer {} at {lsn}: its contact rejected the edit: {e}",
+                        edit.cst_id
+                    ),
+                };
+                let sqlstate = match &e {
+                    ApplyError::Db { sqlstate, .. } => sqlstate.clone(),
+                    _ => None,
+                };
+                self.dead_letter(&dead, sqlstate).await?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Records a resync chunk's progress in the open transaction.
     pub async fn record_resync(
         &mut self,
@@ -845,6 +912,65 @@ pub async fn column_limits(
         limits = limits.with(&column, limit.and_then(|l| usize::try_from(l).ok()));
     }
     Ok(limits)
+}
+
+/// The statement writing `edit` back to contact `$1` and its values (`$2`…): only the
+/// columns the edit carries, only when one differs, and only when the contact has no change
+/// leadsync has not processed but its own write back (every column of leadsync's state
+/// equal, or the row version is one leadsync wrote), so a later legacy change wins.
+fn reverse_update(
+    source_schema: &str,
+    edit: &CustomerEdit,
+) -> Option<(String, Vec<Option<String>>)> {
+    let carried: Vec<(&str, Option<String>)> = REVERSE_COLUMNS
+        .iter()
+        .zip(&edit.values)
+        .filter_map(|((_, to), value)| value.as_ref().map(|v| (*to, v.clone())))
+        .collect();
+    if carried.is_empty() {
+        return None;
+    }
+    let set: Vec<String> = carried
+        .iter()
+        .enumerate()
+        .map(|(i, (column, _))| format!("{column} = ${}::text", i + 2))
+        .collect();
+    let columns: Vec<String> = carried.iter().map(|(c, _)| format!("c.{c}")).collect();
+    let values: Vec<String> = (0..carried.len())
+        .map(|i| format!("${}::text", i + 2))
+        .collect();
+    let state: Vec<&str> = CONTACT_COLUMNS.iter().map(|(c, _)| *c).collect();
+    // The contact is as leadsync last saw it, or as leadsync's own write back left it.
+    let statement = format!(
+        "WITH written AS (
+           UPDATE {s}.contacts c SET {set}, updated_at = now()
+           FROM leadsync.contacts m
+           WHERE c.id = $1 AND m.id = c.id
+             AND (({current}) IS NOT DISTINCT FROM ({seen})
+                  OR EXISTS (SELECT 1 FROM leadsync.reverse_writes r
+                             WHERE r.contact_id = c.id AND r.row_xmin = c.xmin))
+             AND ({columns}) IS DISTINCT FROM ({values})
+           RETURNING c.id, c.xmin)
+         INSERT INTO leadsync.reverse_writes (contact_id, row_xmin)
+         SELECT id, xmin FROM written
+         ON CONFLICT (contact_id) DO UPDATE
+           SET row_xmin = EXCLUDED.row_xmin, written_at = now()",
+        s = db::quote_ident(source_schema),
+        set = set.join(", "),
+        current = state
+            .iter()
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        seen = state
+            .iter()
+            .map(|c| format!("m.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        columns = columns.join(", "),
+        values = values.join(", "),
+    );
+    Some((statement, carried.into_iter().map(|(_, v)| v).collect()))
 }
 
 fn is_foreign_key_violation(e: &ApplyError) -> bool {

@@ -25,7 +25,7 @@ use crate::metrics as m;
 use crate::project::change::Stamped;
 use crate::project::plan::DeadLetter;
 use crate::resync::Resync;
-use crate::source::convert::{ConvertError, Converter, SourceEvent};
+use crate::source::convert::{ConvertError, Converter, CustomerEdit, SourceEvent};
 use crate::source::{self, SourceError, query_error};
 use crate::status::{SharedStatus, State};
 
@@ -306,6 +306,8 @@ async fn first_load(
 /// The source transaction being received.
 struct SourceTxn {
     commit_time: NaiveDateTime,
+    /// Written by leadsync itself (its replication origin): not carried back.
+    ours: bool,
 }
 
 /// The stream loop's state.
@@ -471,7 +473,10 @@ impl Stream<'_> {
             } => {
                 let commit_time = pg_time(commit_time_micros);
                 self.oldest_unapplied.get_or_insert(commit_time);
-                self.txn = Some(SourceTxn { commit_time });
+                self.txn = Some(SourceTxn {
+                    commit_time,
+                    ours: false,
+                });
             }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
@@ -553,11 +558,20 @@ impl Stream<'_> {
     }
 
     async fn on_message(&mut self, message: &LogicalMessage, lsn: Lsn) -> Result<(), RunError> {
-        if let LogicalMessage::Relation(relation) = message {
-            return self
-                .converter
-                .observe_relation(relation)
-                .map_err(RunError::Convert);
+        match message {
+            LogicalMessage::Relation(relation) => {
+                return self
+                    .converter
+                    .observe_relation(relation)
+                    .map_err(RunError::Convert);
+            }
+            LogicalMessage::Origin(origin) => {
+                if let Some(txn) = &mut self.txn {
+                    txn.ours = origin.name == self.settings.origin_name();
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let commit_time = self
             .txn
@@ -589,11 +603,7 @@ impl Stream<'_> {
             match event {
                 SourceEvent::Change(change) => {
                     self.resync.on_change(change.contact_id());
-                    let label = change_label(&change);
-                    match self.changes.iter_mut().find(|(l, _)| *l == label) {
-                        Some((_, n)) => *n += 1,
-                        None => self.changes.push((label, 1)),
-                    }
+                    self.count(change_label(&change));
                     self.applier
                         .push(Stamped {
                             change,
@@ -610,10 +620,34 @@ impl Stream<'_> {
                     self.resync.on_truncate();
                     self.applier.truncate(&tables, commit_time, lsn).await?;
                 }
-                SourceEvent::Customer => {}
+                SourceEvent::CustomerUpdate(edit) => self.reverse(&edit, lsn).await?,
             }
         }
         Ok(())
+    }
+
+    /// Reverse sync: an edit of a customer by anyone but leadsync goes back to its contact.
+    async fn reverse(&mut self, edit: &CustomerEdit, lsn: Lsn) -> Result<(), RunError> {
+        let ours = self.txn.as_ref().is_some_and(|t| t.ours);
+        if !self.settings.sync.reverse || ours {
+            return Ok(());
+        }
+        self.count(("customers", "update"));
+        if self.applier.reverse(edit, lsn).await? {
+            self.count(("contacts", "reverse_update"));
+            tracing::debug!(contact_id = %edit.cst_id, %lsn, "customer edit written back to its contact");
+        } else {
+            tracing::debug!(customer = %edit.cst_id, %lsn, "customer edit not written back (native, deleted, unchanged, or its contact changed later)");
+        }
+        Ok(())
+    }
+
+    /// Counts one change for the metrics at commit.
+    fn count(&mut self, label: (&'static str, &'static str)) {
+        match self.changes.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => self.changes.push((label, 1)),
+        }
     }
 
     /// Commits the open target transaction with the checkpoint of its last source

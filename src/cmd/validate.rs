@@ -656,8 +656,9 @@ async fn completeness(
 /// The guide's data-integrity and business-logic checks on the live target rows.
 async fn integrity(client: &Client, settings: &Settings) -> Result<Vec<Check>, ValidateError> {
     let t = quote_ident(&settings.target.schema);
+    let s = quote_ident(&settings.source.schema);
     // (group, name, status when rows are found, description, FROM … WHERE, sample expression)
-    let checks: [(&str, &str, Status, &str, String, &str); 6] = [
+    let checks: [(&str, &str, Status, &str, String, &str); 7] = [
         (
             "integrity",
             "email_format_validation",
@@ -722,6 +723,27 @@ async fn integrity(client: &Client, settings: &Settings) -> Result<Vec<Check>, V
                    (SELECT 1 FROM {t}.leads p WHERE p.id = x.lead_id AND p.deleted_at IS NULL)"
             ),
             "x.id::text",
+        ),
+        (
+            "integrity",
+            "contacts_match_customers",
+            // Under live writes a difference may be in flight; the reconciliation tells
+            // a persistent one.
+            Status::Warn,
+            "live migrated customers whose name, email, phone, address or updated_at differ \
+             from their contact's (either direction of the sync)",
+            format!(
+                "{t}.customers x JOIN {s}.contacts c ON c.id = x.cst_id
+                 WHERE x.deleted_at IS NULL AND x.migrated_from_contact_id = c.id
+                   AND NOT EXISTS (SELECT 1 FROM leadsync.dead_letters d
+                                   WHERE d.contact_id = c.id AND d.status = 'pending')
+                   AND (x.firstname, x.lastname, x.email, x.phone1, x.address1, x.city,
+                        x.state, x.zip, x.updated_at)
+                       IS DISTINCT FROM
+                       (c.firstname, c.lastname, c.email, c.phone_number, c.st_address,
+                        c.city, c.state, c.zip, c.updated_at)"
+            ),
+            "x.cst_id::text",
         ),
     ];
     let mut out = Vec::with_capacity(checks.len());

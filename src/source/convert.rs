@@ -49,8 +49,34 @@ pub enum SourceEvent {
     FieldDelete { id: Uuid },
     /// Tables were truncated.
     Truncate(Vec<SourceTable>),
-    /// A change of `customers` (for reverse sync).
-    Customer,
+    /// An update of a `customers` row (for reverse sync). Inserts and deletes of
+    /// customers give nothing.
+    CustomerUpdate(CustomerEdit),
+}
+
+/// The `customers` columns reverse sync carries back, with the `contacts` column each one
+/// goes to.
+pub const REVERSE_COLUMNS: [(&str, &str); 8] = [
+    ("firstname", "firstname"),
+    ("lastname", "lastname"),
+    ("email", "email"),
+    ("phone1", "phone_number"),
+    ("address1", "st_address"),
+    ("city", "city"),
+    ("state", "state"),
+    ("zip", "zip"),
+];
+
+/// A customer row as an update left it, as far as reverse sync reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerEdit {
+    pub cst_id: Uuid,
+    /// The contact it was migrated from; `None` for the new application's own customers.
+    pub migrated_from: Option<Uuid>,
+    pub deleted: bool,
+    /// The values of [`REVERSE_COLUMNS`], in order: `None` for a large value the update
+    /// did not touch (unchanged TOAST: not sent, so not carried back).
+    pub values: [Option<Option<String>>; 8],
 }
 
 /// A change could not be turned into domain terms.
@@ -129,7 +155,22 @@ impl Converter {
             SourceTable::Contacts => (&contact_names, &[]),
             SourceTable::ContactCustomFields => (&value_names, &[]),
             SourceTable::CustomFields => (&["id"], &["context_type"]),
-            SourceTable::Customers => (&["cst_id"], &[]),
+            SourceTable::Customers => (
+                &[
+                    "cst_id",
+                    "migrated_from_contact_id",
+                    "deleted_at",
+                    "firstname",
+                    "lastname",
+                    "email",
+                    "phone1",
+                    "address1",
+                    "city",
+                    "state",
+                    "zip",
+                ],
+                &[],
+            ),
         };
         let mut positions = HashMap::new();
         for &column in required {
@@ -165,6 +206,10 @@ impl Converter {
                 let Some(layout) = self.layouts.get(&insert.relation_id) else {
                     return Ok(Vec::new());
                 };
+                if layout.table == SourceTable::Customers {
+                    // Reverse sync carries back updates only.
+                    return Ok(Vec::new());
+                }
                 Ok(vec![upsert_event(layout, &insert.new)?])
             }
             LogicalMessage::Update(update) => {
@@ -177,8 +222,9 @@ impl Converter {
                     let old = match old {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     };
-                    let old_key = delete_event(layout, old)?;
-                    if key_of(&old_key) != key_of(&new) {
+                    if let Some(old_key) = delete_event(layout, old)?
+                        && key_of(&old_key) != key_of(&new)
+                    {
                         out.push(old_key);
                     }
                 }
@@ -192,7 +238,7 @@ impl Converter {
                 let old = match &delete.old {
                     OldTuple::Key(t) | OldTuple::Full(t) => t,
                 };
-                Ok(vec![delete_event(layout, old)?])
+                Ok(delete_event(layout, old)?.into_iter().collect())
             }
             LogicalMessage::Truncate(truncate) => {
                 let tables: Vec<SourceTable> = truncate
@@ -227,7 +273,7 @@ fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
             Change::Reset { id, .. } | Change::Refresh(id) => Some((*id, None)),
         },
         SourceEvent::FieldUpsert { id, .. } | SourceEvent::FieldDelete { id } => Some((*id, None)),
-        SourceEvent::Truncate(_) | SourceEvent::Customer => None,
+        SourceEvent::Truncate(_) | SourceEvent::CustomerUpdate(_) => None,
     }
 }
 
@@ -370,25 +416,44 @@ fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertEr
                 None
             },
         }),
-        SourceTable::Customers => Ok(SourceEvent::Customer),
+        SourceTable::Customers => customer_edit(layout, tuple),
     }
 }
 
-fn delete_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
+fn customer_edit(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
     let row = Row { layout, tuple };
-    match layout.table {
-        SourceTable::Contacts => Ok(SourceEvent::Change(Change::DeleteContact(
-            row.required("id", parse_uuid)?,
-        ))),
-        SourceTable::ContactCustomFields => Ok(SourceEvent::Change(Change::DeleteValue {
+    let mut values: [Option<Option<String>>; 8] = Default::default();
+    for (slot, (column, _)) in values.iter_mut().zip(REVERSE_COLUMNS) {
+        *slot = match row.datum(column)? {
+            Datum::UnchangedToast => None,
+            _ => Some(row.text(column)?.map(str::to_owned)),
+        };
+    }
+    Ok(SourceEvent::CustomerUpdate(CustomerEdit {
+        cst_id: row.required("cst_id", parse_uuid)?,
+        migrated_from: row.optional("migrated_from_contact_id", parse_uuid)?,
+        deleted: row.text("deleted_at")?.is_some(),
+        values,
+    }))
+}
+
+fn delete_event(layout: &Layout, tuple: &Tuple) -> Result<Option<SourceEvent>, ConvertError> {
+    let row = Row { layout, tuple };
+    let event = match layout.table {
+        SourceTable::Contacts => {
+            SourceEvent::Change(Change::DeleteContact(row.required("id", parse_uuid)?))
+        }
+        SourceTable::ContactCustomFields => SourceEvent::Change(Change::DeleteValue {
             contact_id: row.required("contact_id", parse_uuid)?,
             field_id: row.required("field_id", parse_uuid)?,
-        })),
-        SourceTable::CustomFields => Ok(SourceEvent::FieldDelete {
-            id: row.required("id", parse_uuid)?,
         }),
-        SourceTable::Customers => Ok(SourceEvent::Customer),
-    }
+        SourceTable::CustomFields => SourceEvent::FieldDelete {
+            id: row.required("id", parse_uuid)?,
+        },
+        // Reverse sync carries back updates only.
+        SourceTable::Customers => return Ok(None),
+    };
+    Ok(Some(event))
 }
 
 #[cfg(test)]

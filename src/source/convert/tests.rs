@@ -330,3 +330,107 @@ fn bad_values_name_table_and_column() {
         "{err}"
     );
 }
+
+fn customers_relation() -> Relation {
+    relation(
+        16500,
+        "public",
+        "customers",
+        &[
+            "id",
+            "cst_id",
+            "workspace_id",
+            "firstname",
+            "lastname",
+            "email",
+            "phone1",
+            "phone2",
+            "address1",
+            "city",
+            "state",
+            "zip",
+            "deleted_at",
+            "migrated_from_contact_id",
+        ],
+    )
+}
+
+fn customer_tuple(address1: Datum, deleted_at: Datum, migrated_from: Datum) -> Tuple {
+    Tuple(vec![
+        t(ID),
+        t(ID),
+        t(WS),
+        t("Ana"),
+        Datum::Null,
+        t("ana@example.com"),
+        t("555-0100"),
+        t("ignored"),
+        address1,
+        t("Tampa"),
+        t("FL"),
+        t(""),
+        deleted_at,
+        migrated_from,
+    ])
+}
+
+#[test]
+fn customer_updates_carry_the_reverse_columns_and_nothing_else_is_read() {
+    let mut c = converter();
+    c.observe_relation(&customers_relation()).unwrap();
+    let update = |tuple: Tuple| {
+        c.convert(&LogicalMessage::Update(Update {
+            relation_id: 16500,
+            old: None,
+            new: tuple,
+        }))
+        .unwrap()
+    };
+    assert_eq!(
+        update(customer_tuple(Datum::UnchangedToast, Datum::Null, t(ID))),
+        vec![SourceEvent::CustomerUpdate(CustomerEdit {
+            cst_id: Uuid::parse_str(ID).unwrap(),
+            migrated_from: Some(Uuid::parse_str(ID).unwrap()),
+            deleted: false,
+            values: [
+                Some(Some("Ana".into())),
+                Some(None),
+                Some(Some("ana@example.com".into())),
+                Some(Some("555-0100".into())),
+                None,
+                Some(Some("Tampa".into())),
+                Some(Some("FL".into())),
+                Some(Some(String::new())),
+            ],
+        })]
+    );
+    let native = update(customer_tuple(
+        t("1 Main St"),
+        t("2024-01-01 00:00:00"),
+        Datum::Null,
+    ));
+    let [SourceEvent::CustomerUpdate(edit)] = native.as_slice() else {
+        panic!("{native:?}");
+    };
+    assert_eq!((edit.migrated_from, edit.deleted), (None, true));
+    assert_eq!(edit.values[4], Some(Some("1 Main St".into())));
+
+    // Inserts and deletes of customers are not carried back.
+    let row = customer_tuple(t("x"), Datum::Null, t(ID));
+    assert!(
+        c.convert(&LogicalMessage::Insert(Insert {
+            relation_id: 16500,
+            new: row.clone(),
+        }))
+        .unwrap()
+        .is_empty()
+    );
+    assert!(
+        c.convert(&LogicalMessage::Delete(Delete {
+            relation_id: 16500,
+            old: OldTuple::Key(row),
+        }))
+        .unwrap()
+        .is_empty()
+    );
+}
