@@ -364,32 +364,6 @@ async fn with_reverse_sync_off_customer_edits_write_nothing() {
 }
 
 #[tokio::test]
-async fn setup_without_reverse_sync_does_not_publish_customers() {
-    let db = TestDb::spawn().await;
-    let mut settings = db.settings();
-    settings.sync.reverse = false;
-    leadsync::cmd::setup::run_setup(&settings)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let client = db.client().await;
-    let published: Vec<String> = client
-        .query(
-            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1
-             ORDER BY 1",
-            &[&settings.publication.name],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        published,
-        ["contact_custom_fields", "contacts", "custom_fields"]
-    );
-}
-
-#[tokio::test]
 async fn a_sigkill_between_the_two_directions_loses_nothing_and_loops_nothing() {
     let mut run = Running::start(200, &[]).await;
     let people = migrated(&run, 6).await;
