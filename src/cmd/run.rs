@@ -659,6 +659,9 @@ impl Stream<'_> {
             metrics::histogram!(m::APPLY_SECONDS).record(age.as_secs_f64());
             metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
             for ((table, op), n) in self.changes.drain(..) {
+                if op == "reverse_update" {
+                    tracing::info!(contacts = n, %lsn, "customer edits written back to their contacts");
+                }
                 metrics::counter!(m::CHANGES_TOTAL, m::TABLE => table, m::OP => op).increment(n);
             }
             let parked = self.applier.stats.dead_letters - self.dead_letters_seen;
