@@ -72,7 +72,8 @@ pub async fn connect(url: &SecretString) -> Result<Client, ConnectError> {
 }
 
 /// The most useful text of a `tokio_postgres` error: the server's message where there is
-/// one, with its detail and hint, else the I/O cause.
+/// one, with its detail and hint, else the I/O cause. A missing privilege also says what
+/// to grant (see [`crate::grants::privilege_hint`]).
 pub fn error_text(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut text = db.message().to_owned();
@@ -81,6 +82,11 @@ pub fn error_text(err: &tokio_postgres::Error) -> String {
         }
         if let Some(hint) = db.hint() {
             text.push_str(&format!("; hint: {hint}"));
+        }
+        if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+            && let Some(what) = crate::grants::privilege_hint(db.message())
+        {
+            text.push_str(&format!(". {what}"));
         }
         return text;
     }

@@ -18,6 +18,7 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`, and the lag sampler.
 //! - [`reconcile`]: the target compared row by row with an SQL projection of the source.
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
+//! - [`grants`]: the installer and runtime database roles and the one list of their grants.
 //! - [`cmd`]: one module per subcommand.
 //! - [`cluster`]: a throwaway PostgreSQL for the demo, the tests and the benchmarks.
 //! - [`fixtures`]: the legacy schema and a deterministic demo-data generator.
@@ -32,6 +33,7 @@ pub mod db;
 pub mod decode;
 pub mod error;
 pub mod fixtures;
+pub mod grants;
 pub mod http;
 pub mod lsn;
 pub mod metrics;

@@ -24,7 +24,19 @@ struct Cli {
 enum Command {
     /// Check the preconditions and install the target schema, the leadsync schema, the
     /// publication and the replication origin (idempotent).
-    Setup,
+    Setup {
+        /// The role `leadsync run` connects as: check its privileges and hand it the target
+        /// tables and leadsync's tables. With --print-grants: its name in the SQL.
+        #[arg(long, value_name = "NAME")]
+        runtime_role: Option<String>,
+        /// With --print-grants: the installer's name in the SQL.
+        #[arg(long, value_name = "NAME", requires = "print_grants")]
+        installer_role: Option<String>,
+        /// Print the SQL that creates the installer and runtime roles with every privilege
+        /// they need (for a superuser to run before setup), and connect to nothing.
+        #[arg(long)]
+        print_grants: bool,
+    },
     /// Run the daemon: on the first run create the slot and load every existing legacy row
     /// from its snapshot, then stream changes into the new tables until SIGTERM/SIGINT.
     Run,
@@ -140,12 +152,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Setup {
+        print_grants: true,
+        installer_role,
+        runtime_role,
+    } = &cli.command
+    {
+        print!(
+            "{}",
+            cmd::setup::grants_sql(
+                &settings,
+                installer_role
+                    .as_deref()
+                    .unwrap_or(leadsync::grants::DEFAULT_INSTALLER),
+                runtime_role
+                    .as_deref()
+                    .unwrap_or(leadsync::grants::DEFAULT_RUNTIME),
+            )
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     settings.validate()?;
     init_tracing(settings.log.format, &settings.log.level);
     tracing::debug!(settings = %settings, "configuration");
     match cli.command {
-        Command::Setup => {
-            let report = cmd::setup::run_setup(&settings).await?;
+        Command::Setup { runtime_role, .. } => {
+            let options = cmd::setup::SetupOptions { runtime_role };
+            let report = cmd::setup::run_setup_with(&settings, &options).await?;
             print!("{report}");
         }
         Command::Run => {

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::config::Settings;
 use crate::db::{self, ConnectError, quote_ident};
+use crate::grants::{self, On, Role, RoleNames, Schemas, When};
 use crate::schema::{self, PUBLISHED_LEGACY_TABLES, STATE_SCHEMA};
 
 /// Oldest server version leadsync supports (logical replication protocol and origins as
@@ -59,6 +60,18 @@ pub enum Problem {
         role: String,
         missing: Vec<String>,
     },
+    NoRuntimeRole {
+        role: String,
+    },
+    RuntimeRole {
+        role: String,
+        missing: Vec<String>,
+    },
+    HandOver {
+        installer: String,
+        runtime: String,
+        missing: Vec<String>,
+    },
     NoFreeSlot {
         used: i64,
         max: i64,
@@ -104,7 +117,30 @@ impl fmt::Display for Problem {
             Problem::Privileges { role, missing } => write!(
                 f,
                 "role `{role}` lacks what setup needs: {}. Run setup as the installer role \
-                 (one that owns the legacy tables; see the README's roles section)",
+                 (one that owns the legacy tables); `leadsync setup --print-grants` prints \
+                 the SQL that creates it with every privilege it needs",
+                missing.join("; ")
+            ),
+            Problem::NoRuntimeRole { role } => write!(
+                f,
+                "the runtime role `{role}` does not exist: create it with the SQL that \
+                 `leadsync setup --print-grants --runtime-role {role}` prints (as a superuser)"
+            ),
+            Problem::RuntimeRole { role, missing } => write!(
+                f,
+                "the runtime role `{role}` lacks what `leadsync run` needs: {}. Run the SQL that \
+                 `leadsync setup --print-grants --runtime-role {role}` prints (as a superuser)",
+                missing.join("; ")
+            ),
+            Problem::HandOver {
+                installer,
+                runtime,
+                missing,
+            } => write!(
+                f,
+                "role `{installer}` cannot hand the target tables and leadsync's tables to \
+                 `{runtime}`: it lacks {}. Run the SQL that `leadsync setup --print-grants \
+                 --installer-role {installer} --runtime-role {runtime}` prints (as a superuser)",
                 missing.join("; ")
             ),
             Problem::NoFreeSlot { used, max } => write!(
@@ -157,14 +193,20 @@ pub struct SetupReport {
     pub created: Vec<String>,
     /// Whether the publication's table list had to be changed.
     pub publication_altered: bool,
+    /// What was handed to the runtime role (`--runtime-role`), as `what`.
+    pub handed_over: Vec<String>,
 }
 
 impl fmt::Display for SetupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.created.is_empty() && !self.publication_altered {
+        if self.created.is_empty() && !self.publication_altered && self.handed_over.is_empty() {
             return writeln!(f, "setup: everything was already in place; nothing changed");
         }
-        writeln!(f, "setup: created {} objects", self.created.len())?;
+        if !self.created.is_empty() || self.publication_altered {
+            writeln!(f, "setup: created {} objects", self.created.len())?;
+        } else {
+            writeln!(f, "setup: everything was already in place")?;
+        }
         // Group by kind: one line per kind, names listed where there are few.
         let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();
         for object in &self.created {
@@ -184,6 +226,9 @@ impl fmt::Display for SetupReport {
         if self.publication_altered {
             writeln!(f, "  ~ publication table list updated")?;
         }
+        for what in &self.handed_over {
+            writeln!(f, "  > {what}")?;
+        }
         Ok(())
     }
 }
@@ -195,16 +240,164 @@ fn ddl_error(step: &'static str) -> impl Fn(tokio_postgres::Error) -> SetupError
     }
 }
 
+/// How setup runs, besides the settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupOptions {
+    /// The role `leadsync run` connects as: setup checks that it has its privileges and hands
+    /// it the target tables and leadsync's tables (see [`crate::grants`]).
+    pub runtime_role: Option<String>,
+}
+
 /// Runs `leadsync setup`.
 pub async fn run_setup(settings: &Settings) -> Result<SetupReport, SetupError> {
+    run_setup_with(settings, &SetupOptions::default()).await
+}
+
+/// Runs `leadsync setup` with options.
+pub async fn run_setup_with(
+    settings: &Settings,
+    options: &SetupOptions,
+) -> Result<SetupReport, SetupError> {
     let client = db::connect(settings.source_url()).await?;
-    let problems = check_preconditions(&client, settings)
+    let mut problems = check_preconditions(&client, settings)
         .await
         .map_err(ddl_error("checking preconditions"))?;
+    if let Some(runtime) = &options.runtime_role {
+        problems.extend(
+            check_runtime_role(&client, settings, runtime)
+                .await
+                .map_err(ddl_error("checking the runtime role"))?,
+        );
+    }
     if !problems.is_empty() {
         return Err(SetupError::Preconditions(problems));
     }
-    install(&client, settings).await
+    install(&client, settings, options).await
+}
+
+/// The SQL `leadsync setup --print-grants` prints: the two roles and their privileges for
+/// the configured schemas. Connects to nothing.
+pub fn grants_sql(settings: &Settings, installer: &str, runtime: &str) -> String {
+    grants::roles_sql(
+        &RoleNames {
+            installer: installer.to_owned(),
+            runtime: runtime.to_owned(),
+        },
+        &schemas_of(settings),
+    )
+}
+
+fn schemas_of(settings: &Settings) -> Schemas {
+    Schemas {
+        source: settings.source.schema.clone(),
+        target: settings.target.schema.clone(),
+    }
+}
+
+/// What keeps setup from handing its tables to `runtime`, and what `runtime` lacks of the
+/// privileges a superuser gives it before setup.
+async fn check_runtime_role(
+    client: &Client,
+    settings: &Settings,
+    runtime: &str,
+) -> Result<Vec<Problem>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &[&runtime],
+        )
+        .await?;
+    let (installer, superuser, exists): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if !exists {
+        return Ok(vec![Problem::NoRuntimeRole {
+            role: runtime.to_owned(),
+        }]);
+    }
+    let names = RoleNames {
+        installer: installer.clone(),
+        runtime: runtime.to_owned(),
+    };
+    let schemas = schemas_of(settings);
+    let schema_exists = |name: &str| {
+        let name = name.to_owned();
+        async move {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                    &[&name],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+        }
+    };
+    // A target schema setup is about to create is granted to the runtime role by setup.
+    let target_exists = schema_exists(&settings.target.schema).await?;
+    let mut missing = Vec::new();
+    for check in grants::checks(Role::Runtime, &names, &schemas) {
+        if check.on == On::Schema(grants::Schema::Target) && !target_exists {
+            continue;
+        }
+        let ok: bool = client
+            .query_one(&format!("SELECT {}", check.sql), &[])
+            .await?
+            .get(0);
+        if !ok {
+            missing.push(format!("{} ({})", check.what, check.why));
+        }
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(Problem::RuntimeRole {
+            role: runtime.to_owned(),
+            missing,
+        });
+    }
+    if superuser {
+        return Ok(problems);
+    }
+    let mut missing = Vec::new();
+    let member: bool = client
+        .query_one(
+            "SELECT pg_has_role(current_user, $1, 'MEMBER')",
+            &[&runtime],
+        )
+        .await?
+        .get(0);
+    if !member {
+        missing.push(format!(
+            "membership in role `{runtime}` (a table can only be given to a role one may act as)"
+        ));
+    }
+    // Setup grants the runtime role USAGE and CREATE on leadsync's schema; when that schema
+    // is already there, the installer must be able to.
+    if schema_exists(STATE_SCHEMA).await? {
+        for privilege in ["USAGE", "CREATE"] {
+            let ok: bool = client
+                .query_one(
+                    "SELECT has_schema_privilege($1, $2, $3)
+                         OR has_schema_privilege(current_user, $2, $3 || ' WITH GRANT OPTION')",
+                    &[&runtime, &STATE_SCHEMA, &privilege],
+                )
+                .await?
+                .get(0);
+            if !ok {
+                missing.push(format!(
+                    "{privilege} on schema `{STATE_SCHEMA}` WITH GRANT OPTION (to grant it to \
+                     `{runtime}`)"
+                ));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        problems.push(Problem::HandOver {
+            installer,
+            runtime: runtime.to_owned(),
+            missing,
+        });
+    }
+    Ok(problems)
 }
 
 /// Every precondition that does not hold (empty when setup may proceed).
@@ -499,7 +692,11 @@ pub fn published_tables(settings: &Settings) -> BTreeSet<(String, String)> {
 }
 
 /// Installs everything in one transaction.
-async fn install(client: &Client, settings: &Settings) -> Result<SetupReport, SetupError> {
+async fn install(
+    client: &Client,
+    settings: &Settings,
+    options: &SetupOptions,
+) -> Result<SetupReport, SetupError> {
     let before = catalog_objects(client, settings)
         .await
         .map_err(ddl_error("reading the catalog"))?;
@@ -509,9 +706,17 @@ async fn install(client: &Client, settings: &Settings) -> Result<SetupReport, Se
         .batch_execute("BEGIN; SET LOCAL lock_timeout = '10s';")
         .await
         .map_err(ddl_error("starting the transaction"))?;
-    let result = install_in_transaction(client, settings).await;
+    let result = async {
+        let altered = install_in_transaction(client, settings).await?;
+        let handed_over = match &options.runtime_role {
+            Some(runtime) => hand_over(client, settings, runtime).await?,
+            None => Vec::new(),
+        };
+        Ok::<_, SetupError>((altered, handed_over))
+    }
+    .await;
     match result {
-        Ok(publication_altered) => {
+        Ok((publication_altered, handed_over)) => {
             client
                 .batch_execute("COMMIT")
                 .await
@@ -522,6 +727,7 @@ async fn install(client: &Client, settings: &Settings) -> Result<SetupReport, Se
             Ok(SetupReport {
                 created: after.difference(&before).cloned().collect(),
                 publication_altered,
+                handed_over,
             })
         }
         Err(e) => {
@@ -604,6 +810,97 @@ async fn install_in_transaction(client: &Client, settings: &Settings) -> Result<
         .await
         .map_err(ddl_error("creating the replication origin"))?;
     Ok(altered)
+}
+
+/// Gives `runtime` what [`grants::privileges`] says setup gives it — USAGE and CREATE on
+/// the leadsync schema (and on the target schema when setup created it), ownership of the
+/// target tables and of leadsync's tables. Returns what changed.
+async fn hand_over(
+    client: &Client,
+    settings: &Settings,
+    runtime: &str,
+) -> Result<Vec<String>, SetupError> {
+    let names = RoleNames {
+        installer: String::new(),
+        runtime: runtime.to_owned(),
+    };
+    let schemas = schemas_of(settings);
+    let mut done = Vec::new();
+    for p in grants::privileges().iter().filter(|p| {
+        p.role == Role::Runtime
+            && (p.when == When::BySetup || p.on == On::Schema(grants::Schema::Target))
+    }) {
+        match p.on {
+            On::Schema(schema) => {
+                let name = schemas.name(schema);
+                let mut lacking = Vec::new();
+                for privilege in p.privilege.split(", ") {
+                    let has: bool = client
+                        .query_one(
+                            "SELECT has_schema_privilege($1, $2, $3)",
+                            &[&runtime, &name, &privilege],
+                        )
+                        .await
+                        .map_err(ddl_error("reading the runtime role's privileges"))?
+                        .get(0);
+                    if !has {
+                        lacking.push(privilege);
+                    }
+                }
+                if !lacking.is_empty() {
+                    client
+                        .batch_execute(&format!(
+                            "GRANT {} ON SCHEMA {} TO {}",
+                            lacking.join(", "),
+                            grants::ident(name),
+                            grants::ident(runtime)
+                        ))
+                        .await
+                        .map_err(ddl_error("granting the runtime role its schemas"))?;
+                    done.push(format!(
+                        "{} on schema {name} granted to {runtime}",
+                        lacking.join(", ")
+                    ));
+                }
+            }
+            On::Ownership(schema, tables) => {
+                let name = schemas.name(schema);
+                let wanted: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+                let not_owned: Vec<String> = client
+                    .query(
+                        "SELECT c.relname::text FROM pg_class c
+                         JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                           AND (cardinality($2::text[]) = 0 OR c.relname = ANY($2::text[]))
+                           AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $3)
+                         ORDER BY 1",
+                        &[&name, &wanted, &runtime],
+                    )
+                    .await
+                    .map_err(ddl_error("reading table owners"))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if not_owned.is_empty() {
+                    continue;
+                }
+                client
+                    .batch_execute(&grants::handover_sql(p, &names, &schemas, Some(&not_owned)))
+                    .await
+                    .map_err(ddl_error("handing the tables to the runtime role"))?;
+                done.push(format!(
+                    "{runtime} now owns {}",
+                    not_owned
+                        .iter()
+                        .map(|t| format!("{name}.{t}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
 }
 
 /// Names of the objects setup manages that exist now, as `kind name`.

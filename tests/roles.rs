@@ -1,0 +1,515 @@
+//! The two database roles against a real PostgreSQL: the SQL of `leadsync setup
+//! --print-grants` creates them, the installer runs `setup` and `teardown`, the daemon runs
+//! as the runtime role and streams, and the runtime role can do nothing more than its list
+//! says. A missing privilege is named in the error.
+#![cfg(feature = "test-utils")]
+
+use std::process::Output;
+use std::time::Duration;
+
+use leadsync::cmd::setup::{Problem, SetupError, SetupOptions, grants_sql, run_setup_with};
+use leadsync::testing::{Daemon, TestDb, daemon_env};
+use secrecy::SecretString;
+use tokio_postgres::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Role names of one test: roles are per cluster, and the cluster is shared.
+struct Roles {
+    installer: String,
+    runtime: String,
+    owner: String,
+}
+
+impl Roles {
+    fn for_db(db: &TestDb) -> Roles {
+        let suffix = &db.slot[3..];
+        Roles {
+            installer: format!("inst_{suffix}"),
+            runtime: format!("run_{suffix}"),
+            owner: format!("crm_{suffix}"),
+        }
+    }
+
+    /// Drops the roles and what they own here (best effort; the database goes afterwards).
+    async fn drop(&self, admin: &Client) {
+        let all = format!("{}, {}, {}", self.installer, self.runtime, self.owner);
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP OWNED BY {all} CASCADE; DROP ROLE IF EXISTS {all}"
+            ))
+            .await;
+    }
+}
+
+/// Runs the binary with `args` and leadsync's environment for `db` as `user`.
+fn leadsync(db: &TestDb, user: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LEADSYNC_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env_as(db, user) {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run leadsync")
+}
+
+fn env_as(db: &TestDb, user: &str) -> Vec<(String, String)> {
+    let mut env = daemon_env(db);
+    for (k, v) in env.iter_mut() {
+        if k == "LEADSYNC_SOURCE__URL" {
+            *v = db.url_as(user);
+        }
+    }
+    env
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn connect_as(db: &TestDb, user: &str) -> Client {
+    leadsync::db::connect(&SecretString::from(db.url_as(user)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `sql` as `client` and returns the error text, which must carry SQLSTATE 42501.
+async fn denied(client: &Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("`{sql}` was allowed"),
+        Err(e) => {
+            assert_eq!(
+                e.code().map(|c| c.code()),
+                Some("42501"),
+                "`{sql}` failed otherwise: {e}"
+            );
+            leadsync::db::error_text(&e)
+        }
+    }
+}
+
+/// Legacy writes of every kind, as the application (the superuser here) makes them.
+async fn legacy_writes(admin: &Client) {
+    admin
+        .batch_execute(
+            "UPDATE contacts SET lead_status = 'qualified', tags = 'solar roof'
+              WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 20);
+             UPDATE contacts SET appointment_date = NULL
+              WHERE id IN (SELECT id FROM contacts ORDER BY id DESC LIMIT 10);
+             DELETE FROM contacts WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 5 OFFSET 30);
+             INSERT INTO contacts (workspace_id, firstname, lastname, email, lead_status,
+                                   created_at, updated_at)
+             SELECT workspace_id, 'New', 'Contact', 'new@example.com', 'new', now(), now()
+             FROM contacts LIMIT 3;",
+        )
+        .await
+        .expect("legacy writes");
+}
+
+#[tokio::test]
+async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = Roles::for_db(&db);
+    let settings = db.settings();
+    // As in production, the legacy tables belong to the application's own role.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owner} NOLOGIN;
+             ALTER TABLE contacts OWNER TO {owner};
+             ALTER TABLE contact_custom_fields OWNER TO {owner};
+             ALTER TABLE custom_fields OWNER TO {owner};",
+            owner = roles.owner
+        ))
+        .await
+        .unwrap();
+    leadsync::fixtures::generate_demo_data(&admin, 400)
+        .await
+        .unwrap();
+
+    // The printed SQL, as a superuser; a second run changes nothing.
+    let sql = grants_sql(&settings, &roles.installer, &roles.runtime);
+    admin.batch_execute(&sql).await.expect("roles SQL");
+    admin.batch_execute(&sql).await.expect("roles SQL, again");
+    let attrs: (bool, bool, bool, bool) = {
+        let row = admin
+            .query_one(
+                "SELECT rolsuper, rolbypassrls, rolreplication, rolcanlogin FROM pg_roles
+                 WHERE rolname = $1",
+                &[&roles.runtime],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    assert_eq!(attrs, (false, false, true, true), "runtime role attributes");
+
+    // setup as the installer, handing the runtime role its tables; a second run changes
+    // nothing.
+    let out = leadsync(
+        &db,
+        &roles.installer,
+        &["setup", "--runtime-role", &roles.runtime],
+    );
+    assert!(
+        out.status.success(),
+        "setup as the installer: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} now owns", roles.runtime)),
+        "{}",
+        text(&out)
+    );
+    let out = leadsync(
+        &db,
+        &roles.installer,
+        &["setup", "--runtime-role", &roles.runtime],
+    );
+    assert!(out.status.success(), "setup again: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing changed"),
+        "{}",
+        text(&out)
+    );
+    let owners: Vec<(String, String)> = admin
+        .query(
+            "SELECT c.relnamespace::regnamespace::text || '.' || c.relname, r.rolname::text
+             FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+             WHERE c.relkind = 'r' AND (c.relnamespace = 'leadsync'::regnamespace
+                OR c.relname IN ('customers', 'leads', 'appointments', 'customer_custom_fields',
+                                 'lead_custom_fields', 'appointment_custom_fields'))
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        owners
+            .iter()
+            .filter(|(t, _)| t.starts_with("public."))
+            .count(),
+        6,
+        "{owners:?}"
+    );
+    assert!(
+        owners.iter().any(|(t, _)| t == "leadsync.sync_state"),
+        "{owners:?}"
+    );
+    assert!(
+        owners.iter().all(|(_, owner)| owner == &roles.runtime),
+        "{owners:?}"
+    );
+    leadsync::fixtures::assign_demo_field_contexts(&admin)
+        .await
+        .unwrap();
+
+    // The daemon, as the runtime role: first load, then the stream.
+    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    db.assert_projection(&settings).await;
+    // CREATE on the target schema served the first load's index rebuild; streaming does
+    // without it.
+    admin
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM {}",
+            roles.runtime
+        ))
+        .await
+        .unwrap();
+    legacy_writes(&admin).await;
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    db.assert_projection(&settings).await;
+    assert!(
+        daemon.try_wait().is_none(),
+        "daemon exited:\n{}",
+        daemon.log()
+    );
+    // The daemon's sessions (the test's own, as the superuser, aside), the walsender
+    // included, are the runtime role's.
+    let sessions: Vec<(String, String)> = admin
+        .query(
+            "SELECT usename::text, backend_type FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'leadsync'
+               AND usename <> 'postgres'
+             ORDER BY 2, 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        sessions.iter().any(|(_, kind)| kind == "walsender") && sessions.len() >= 2,
+        "{sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|(user, _)| user == &roles.runtime),
+        "{sessions:?}"
+    );
+
+    // The other commands, as the runtime role.
+    for args in [
+        &["validate", "--wait-seconds", "5"][..],
+        &["report", "--wait-seconds", "5"],
+        &["dlq", "list"],
+        &["ctl", "status"],
+    ] {
+        let out = leadsync(&db, &roles.runtime, args);
+        assert!(
+            out.status.success(),
+            "{args:?} as the runtime role: {}",
+            text(&out)
+        );
+    }
+
+    // And nothing more.
+    let runtime = connect_as(&db, &roles.runtime).await;
+    for sql in [
+        "DROP TABLE contacts",
+        "ALTER TABLE contacts ADD COLUMN evil text",
+        "ALTER TABLE custom_fields DROP COLUMN context_type",
+        "TRUNCATE contacts",
+        "DELETE FROM contacts",
+        "UPDATE contacts SET lead_status = 'x'",
+        "SELECT * FROM workspace_users",
+        "SELECT * FROM auth.users",
+        "CREATE TABLE public.evil (id int)",
+        "CREATE SCHEMA evil",
+        "DROP SCHEMA leadsync CASCADE",
+        "SELECT pg_replication_origin_create('evil')",
+        "SELECT rolpassword FROM pg_authid",
+    ] {
+        denied(&runtime, sql).await;
+    }
+    let publication = denied(&runtime, "CREATE PUBLICATION evil FOR TABLE contacts").await;
+    assert!(publication.contains("permission denied"), "{publication}");
+    let origin = denied(
+        &runtime,
+        &format!("SELECT pg_replication_origin_drop('{}')", db.slot),
+    )
+    .await;
+    assert!(
+        origin.contains("EXECUTE on function pg_replication_origin_drop"),
+        "{origin}"
+    );
+    let role = denied(&runtime, &format!("SET ROLE {}", roles.installer)).await;
+    assert!(role.contains("permission denied"), "{role}");
+    // A permission error names what is missing.
+    let insert = denied(
+        &runtime,
+        "INSERT INTO contacts (workspace_id, created_at, updated_at)
+         SELECT workspace_id, now(), now() FROM contacts LIMIT 1",
+    )
+    .await;
+    assert!(
+        insert.contains("Missing privilege on table contacts")
+            && insert.contains("the runtime role needs SELECT on it"),
+        "{insert}"
+    );
+    // Reverse sync's columns, and only those, are writable.
+    runtime
+        .batch_execute(
+            "UPDATE contacts SET firstname = firstname, updated_at = updated_at
+             WHERE id = (SELECT id FROM contacts LIMIT 1)",
+        )
+        .await
+        .expect("reverse-sync columns are writable");
+    // As their owner, the runtime role is not subject to the target tables' row-level
+    // security (no signed-in user here, so the policies would show nothing).
+    let seen: i64 = runtime
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(seen > 0);
+
+    assert!(
+        daemon
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "{}",
+        daemon.log()
+    );
+    db.wait_slot_released().await;
+
+    // teardown as the installer drops everything, the runtime role's tables included.
+    let out = leadsync(
+        &db,
+        &roles.installer,
+        &[
+            "teardown",
+            "--drop-target-tables",
+            "--yes-drop-target-tables",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "teardown as the installer: {}",
+        text(&out)
+    );
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1)
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'leadsync')
+                  + (SELECT count(*) FROM pg_class WHERE relname = 'customers')",
+            &[&db.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    roles.drop(&admin).await;
+}
+
+#[tokio::test]
+async fn installer_needs_the_legacy_tables_or_their_owner() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = Roles::for_db(&db);
+    let mut settings = db.settings();
+    // The legacy tables belong to a superuser: the SQL cannot make the installer their
+    // owner, and says so; setup then names what is missing.
+    admin
+        .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
+        .await
+        .unwrap();
+    settings.source.url = Some(SecretString::from(db.url_as(&roles.installer)));
+    let options = SetupOptions {
+        runtime_role: Some(roles.runtime.clone()),
+    };
+    let problems = match run_setup_with(&settings, &options).await {
+        Err(SetupError::Preconditions(p)) => p,
+        other => panic!("expected failed preconditions, got {other:?}"),
+    };
+    let [Problem::Privileges { missing, .. }] = problems.as_slice() else {
+        panic!("{problems:?}");
+    };
+    let text = missing.join("\n");
+    assert!(text.contains("ownership of `public.contacts`"), "{text}");
+    assert!(!text.contains("REFERENCES"), "{text}");
+
+    // An installer that owns them itself can install.
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE contacts OWNER TO {i};
+             ALTER TABLE contact_custom_fields OWNER TO {i};
+             ALTER TABLE custom_fields OWNER TO {i};",
+            i = roles.installer
+        ))
+        .await
+        .unwrap();
+    let report = run_setup_with(&settings, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!report.created.is_empty() && !report.handed_over.is_empty());
+
+    // A runtime role without its grants is told what it lacks.
+    admin
+        .batch_execute(&format!(
+            "REVOKE SELECT ON contact_custom_fields FROM {r};
+             REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM {r};
+             ALTER ROLE {r} NOREPLICATION;",
+            r = roles.runtime
+        ))
+        .await
+        .unwrap();
+    let problems = match run_setup_with(&settings, &options).await {
+        Err(SetupError::Preconditions(p)) => p,
+        other => panic!("expected failed preconditions, got {other:?}"),
+    };
+    let [Problem::RuntimeRole { missing, .. }] = problems.as_slice() else {
+        panic!("{problems:?}");
+    };
+    let text = missing.join("\n");
+    for needed in [
+        "the REPLICATION attribute",
+        "SELECT on `public.contact_custom_fields`",
+        "EXECUTE on pg_replication_origin_session_setup(text)",
+    ] {
+        assert!(text.contains(needed), "`{needed}` missing from:\n{text}");
+    }
+    roles.drop(&admin).await;
+}
+
+#[tokio::test]
+async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = Roles::for_db(&db);
+    let settings = db.settings();
+    leadsync::fixtures::generate_demo_data(&admin, 50)
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
+        .await
+        .unwrap();
+    // setup as a superuser hands over just the same.
+    run_setup_with(
+        &settings,
+        &SetupOptions {
+            runtime_role: Some(roles.runtime.clone()),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Without SELECT on a legacy table the first load cannot read it.
+    admin
+        .batch_execute(&format!(
+            "REVOKE SELECT ON contact_custom_fields FROM {}",
+            roles.runtime
+        ))
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+    let status = daemon
+        .signal_and_wait(0, Duration::from_secs(60))
+        .expect("the daemon stops by itself");
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("permission denied for table contact_custom_fields")
+            && log.contains("the runtime role needs SELECT on it"),
+        "{log}"
+    );
+
+    // Without the replication origin's functions it cannot checkpoint.
+    admin
+        .batch_execute(&format!(
+            "GRANT SELECT ON contact_custom_fields TO {r};
+             REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM {r};",
+            r = roles.runtime
+        ))
+        .await
+        .unwrap();
+    db.wait_slot_released().await;
+    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+    let status = daemon
+        .signal_and_wait(0, Duration::from_secs(60))
+        .expect("the daemon stops by itself");
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("EXECUTE on function pg_replication_origin_session_setup")
+            && log.contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)"),
+        "{log}"
+    );
+    drop(daemon);
+    roles.drop(&admin).await;
+}
