@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use leadsync::cmd::validate::{Status, run_validate};
 use leadsync::testing::{Daemon, TestDb, daemon_env_with_metrics, scrape_metrics};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -180,6 +181,18 @@ async fn an_edit_reaches_its_contact_in_one_round_trip_and_then_the_stream_is_qu
         "updated_at is set by the write back"
     );
     run.assert_both_sides_equal().await;
+    let validation = run_validate(&run.db.settings(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(validation.passed, "{}", validation.render());
+    assert!(
+        validation
+            .checks
+            .iter()
+            .any(|c| c.name == "contacts_match_customers" && c.status == Status::Pass),
+        "{}",
+        validation.render()
+    );
 
     // One round trip: the write back, then the forward write of the contact's change, whose
     // own echo is recognised as leadsync's. Then nothing.
@@ -361,6 +374,17 @@ async fn with_reverse_sync_off_customer_edits_write_nothing() {
             .await,
         0.0
     );
+    // validate sees the customers that no longer agree with their contacts.
+    let validation = run_validate(&run.db.settings(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let check = validation
+        .checks
+        .iter()
+        .find(|c| c.name == "contacts_match_customers")
+        .unwrap_or_else(|| panic!("{}", validation.render()));
+    assert_eq!(check.status, Status::Warn, "{}", validation.render());
+    assert_eq!(check.target, Some(people.len() as i64));
 }
 
 #[tokio::test]
