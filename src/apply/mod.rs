@@ -874,7 +874,7 @@ impl Applier {
         self.client
             .execute(
                 "UPDATE leadsync.sync_state SET phase = $2, updated_at = now(),
-                   backfill_finished_at = CASE WHEN $2 = 'streaming' THEN now()
+                   backfill_finished_at = CASE WHEN $2 = 'streaming' THEN clock_timestamp()
                                                ELSE backfill_finished_at END
                  WHERE slot_name = $1",
                 &[&self.slot, &phase],

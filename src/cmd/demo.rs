@@ -1,14 +1,18 @@
 //! `leadsync demo`: a throwaway PostgreSQL, generated legacy data, `setup`, `assess`, then
-//! the daemon: the first load, and legacy writes arriving in the new tables — the product
-//! end to end on a laptop, leaving nothing behind.
+//! the daemon: the first load, legacy writes arriving in the new tables, an edit in the new
+//! application flowing back, a live write load with the lag shown as it goes, a pause and a
+//! resume, `validate` and `report` — the product end to end on a laptop, leaving nothing
+//! behind.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use tokio_postgres::Client;
 
 use crate::cluster::{ClusterOptions, TempCluster};
-use crate::cmd::{assess, run, setup};
+use crate::cmd::{assess, report, run, setup, validate};
 use crate::config::Settings;
 use crate::{Lsn, db, fixtures, source};
 
@@ -67,16 +71,12 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
     println!(
         "== leadsync run: first run creates the slot and loads every contact from its snapshot"
     );
-    let (stop, _pause, controls) = crate::control::Controls::manual();
+    let (stop, pause, controls) = crate::control::Controls::manual();
     let daemon_settings = settings.clone();
-    let daemon = tokio::spawn(async move {
-        run::run(
-            &daemon_settings,
-            controls,
-            crate::status::SharedStatus::default(),
-        )
-        .await
-    });
+    let status = crate::status::SharedStatus::default();
+    let daemon_status = status.clone();
+    let daemon =
+        tokio::spawn(async move { run::run(&daemon_settings, controls, daemon_status).await });
     let t = Instant::now();
     wait_caught_up(&client, &settings.slot.name).await?;
     println!(
@@ -127,6 +127,51 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         print_contact_rows(&client).await?;
     }
 
+    println!("== the new application edits a migrated customer: reverse sync");
+    let person: uuid::Uuid = client
+        .query_one(
+            "SELECT cst_id FROM customers WHERE deleted_at IS NULL ORDER BY cst_id LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    let t = Instant::now();
+    client
+        .execute(
+            "UPDATE customers SET email = 'new.address@example.com' WHERE cst_id = $1",
+            &[&person],
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let email = loop {
+        let email: Option<String> = client
+            .query_one("SELECT email FROM contacts WHERE id = $1", &[&person])
+            .await?
+            .get(0);
+        if email.as_deref() == Some("new.address@example.com") || Instant::now() > deadline {
+            break email;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "   contacts.email of {person} is now {} ({} ms later); the contact's change flows \
+         forward once, and leadsync does not carry its own write back",
+        email.as_deref().unwrap_or("NULL"),
+        t.elapsed().as_millis()
+    );
+
+    live_load(&client, &settings, &status, &pause).await?;
+
+    println!("== leadsync validate");
+    let mut validate_client = db::connect(settings.source_url()).await?;
+    let validation =
+        validate::validate(&mut validate_client, &settings, Duration::from_secs(60)).await?;
+    print!("{}", indent(&validation.render()));
+    wait_caught_up(&client, &settings.slot.name).await?;
+    println!("== leadsync report");
+    let report = report::run_report(&settings, Duration::from_secs(10)).await?;
+    print!("{}", indent(&report.render()));
+
     println!("== stopping the daemon (as SIGTERM would)");
     let _ = stop.send(true);
     daemon.await??;
@@ -141,6 +186,167 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         "   {dead} contacts wait in leadsync.dead_letters (values too long for the new columns, as assess predicted)"
     );
     Ok(())
+}
+
+/// Legacy writers at full speed with the lag shown every second; a pause while they go on,
+/// then a resume and the catch-up.
+async fn live_load(
+    client: &Client,
+    settings: &Settings,
+    status: &crate::status::SharedStatus,
+    pause: &tokio::sync::watch::Sender<Option<bool>>,
+) -> anyhow::Result<()> {
+    println!(
+        "== a live legacy write load: 2 writers, ~1,000 single-row updates and inserts a second"
+    );
+    let ids: Vec<uuid::Uuid> = client
+        .query("SELECT id FROM contacts", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids = Arc::new(ids);
+    let running = Arc::new(AtomicBool::new(true));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for seed in 1..=2u64 {
+        let (ids, running, written) = (ids.clone(), running.clone(), written.clone());
+        let writer = db::connect(settings.source_url()).await?;
+        writers.push(tokio::spawn(async move {
+            write_load(writer, &ids, seed, &running, &written).await
+        }));
+    }
+    let mut meter = Meter::new(written.clone(), status.clone());
+    meter.show(client, settings, 4).await?;
+    println!(
+        "   -- pause (what SIGUSR1 or `leadsync ctl pause` does): writes go on, nothing is applied"
+    );
+    let _ = pause.send(Some(true));
+    meter.show(client, settings, 3).await?;
+    println!("   -- resume (SIGUSR2 or `leadsync ctl resume`): catching up while the writes go on");
+    let _ = pause.send(Some(false));
+    meter.show(client, settings, 3).await?;
+    running.store(false, Ordering::Relaxed);
+    for writer in writers {
+        writer.await??;
+    }
+    let t = Instant::now();
+    wait_caught_up(client, &settings.slot.name).await?;
+    println!(
+        "   writers stopped after {} transactions; caught up {} ms later",
+        written.load(Ordering::Relaxed),
+        t.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Single-row legacy transactions until `running` is cleared: lead status and email
+/// updates of random contacts, and now and then a new contact.
+async fn write_load(
+    client: Client,
+    ids: &[uuid::Uuid],
+    seed: u64,
+    running: &AtomicBool,
+    written: &AtomicU64,
+) -> anyhow::Result<()> {
+    let statuses = ["new", "contacted", "qualified", "won", "lost"];
+    let update_status = client
+        .prepare("UPDATE contacts SET lead_status = $2, updated_at = now() WHERE id = $1")
+        .await?;
+    let update_email = client
+        .prepare("UPDATE contacts SET email = $2, updated_at = now() WHERE id = $1")
+        .await?;
+    let insert = client
+        .prepare(
+            "INSERT INTO contacts (workspace_id, firstname, lead_status, tags)
+             SELECT workspace_id, 'Live', 'new', 'solar' FROM contacts WHERE id = $1",
+        )
+        .await?;
+    // xorshift: deterministic and good enough to spread the writes.
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    // A busy application, not a benchmark: about 500 transactions a second per writer.
+    let mut pace = tokio::time::interval(Duration::from_millis(2));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while running.load(Ordering::Relaxed) {
+        pace.tick().await;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = ids[(x % ids.len() as u64) as usize];
+        match x % 10 {
+            0 => client.execute(&insert, &[&id]).await?,
+            1..=5 => {
+                let status = statuses[(x / 10 % statuses.len() as u64) as usize];
+                client.execute(&update_status, &[&id, &status]).await?
+            }
+            _ => {
+                let email = format!("user{}@example.com", x % 100_000);
+                client.execute(&update_email, &[&id, &email]).await?
+            }
+        };
+        written.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Prints, once a second, what the writers wrote, what leadsync applied and how far behind
+/// it is.
+struct Meter {
+    written: Arc<AtomicU64>,
+    status: crate::status::SharedStatus,
+    last_written: u64,
+    last_applied: u64,
+    started: Instant,
+}
+
+impl Meter {
+    fn new(written: Arc<AtomicU64>, status: crate::status::SharedStatus) -> Meter {
+        let last_applied = status.get().counters.changes;
+        Meter {
+            last_written: written.load(Ordering::Relaxed),
+            written,
+            status,
+            last_applied,
+            started: Instant::now(),
+        }
+    }
+
+    async fn show(
+        &mut self,
+        client: &Client,
+        settings: &Settings,
+        seconds: u32,
+    ) -> anyhow::Result<()> {
+        for _ in 0..seconds {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let written = self.written.load(Ordering::Relaxed);
+            let now = self.status.get();
+            let behind: Option<i64> = client
+                .query_one(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&settings.slot.name],
+                )
+                .await?
+                .get(0);
+            println!(
+                "   {:>3}s  written {:>6}/s  applied {:>6}/s  lag {:>6.2} s {:>9}  {}",
+                self.started.elapsed().as_secs(),
+                written - self.last_written,
+                now.counters.changes - self.last_applied,
+                now.lag_seconds,
+                format!("{} kB", behind.unwrap_or(0).max(0) / 1024),
+                if now.paused { "paused" } else { "streaming" }
+            );
+            self.last_written = written;
+            self.last_applied = now.counters.changes;
+        }
+        Ok(())
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("   {l}\n")).collect()
 }
 
 /// Waits until the daemon has processed everything written so far. The insert position,
