@@ -18,24 +18,25 @@
 
 use crate::db::quote_literal;
 use crate::schema::{PUBLISHED_LEGACY_TABLES, STATE_SCHEMA, TARGET_TABLES};
+use crate::source::convert::REVERSE_COLUMNS;
 
 /// The installer's name unless told otherwise.
 pub const DEFAULT_INSTALLER: &str = "leadsync_installer";
 /// The runtime role's name unless told otherwise.
 pub const DEFAULT_RUNTIME: &str = "leadsync_runtime";
 
-/// The `contacts` columns reverse sync writes back (SPEC §4).
-pub const REVERSE_SYNC_COLUMNS: [&str; 9] = [
-    "firstname",
-    "lastname",
-    "email",
-    "phone_number",
-    "st_address",
-    "city",
-    "state",
-    "zip",
-    "updated_at",
-];
+/// The `contacts` columns reverse sync writes back (SPEC §4): those of
+/// [`REVERSE_COLUMNS`](crate::source::convert::REVERSE_COLUMNS), and `updated_at`.
+pub const REVERSE_SYNC_COLUMNS: [&str; REVERSE_COLUMNS.len() + 1] = {
+    let mut columns = [""; REVERSE_COLUMNS.len() + 1];
+    let mut i = 0;
+    while i < REVERSE_COLUMNS.len() {
+        columns[i] = REVERSE_COLUMNS[i].1;
+        i += 1;
+    }
+    columns[REVERSE_COLUMNS.len()] = "updated_at";
+    columns
+};
 
 /// The replication-origin functions the daemon calls.
 pub const RUNTIME_ORIGIN_FUNCTIONS: [&str; 6] = [

@@ -233,6 +233,42 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
     legacy_writes(&admin).await;
     db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
     db.assert_projection(&settings).await;
+    // Reverse sync writes an edit of a migrated customer back to its contact, as the
+    // runtime role, through its column grants.
+    let id: uuid::Uuid = admin
+        .query_one(
+            "SELECT cst_id FROM customers WHERE deleted_at IS NULL ORDER BY cst_id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .execute(
+            "UPDATE customers SET firstname = 'Edited', city = 'Reno' WHERE cst_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    loop {
+        let row = admin
+            .query_one("SELECT firstname, city FROM contacts WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        let got: (Option<String>, Option<String>) = (row.get(0), row.get(1));
+        if got == (Some("Edited".into()), Some("Reno".into())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit did not reach its contact: {got:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    db.assert_projection(&settings).await;
     assert!(
         daemon.try_wait().is_none(),
         "daemon exited:\n{}",
