@@ -55,6 +55,21 @@ pub struct ClusterOptions {
     pub durable: bool,
     /// Further `name = value` settings for `postgresql.conf`.
     pub settings: Vec<(String, String)>,
+    /// `ssl = on` with these certificates; `None` for plain connections only.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The certificates of a cluster that accepts TLS connections.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// The server's certificate (PEM), followed by any intermediate ones.
+    pub cert_pem: String,
+    /// The server's private key (PEM).
+    pub key_pem: String,
+    /// CA certificates (PEM) whose client certificates the server accepts (`ssl_ca_file`).
+    pub client_ca_pem: Option<String>,
+    /// TCP connections must use TLS (`hostssl` in `pg_hba.conf`): plain ones are refused.
+    pub required: bool,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +80,7 @@ impl Default for ClusterOptions {
             max_replication_slots: 32,
             durable: false,
             settings: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -192,6 +208,9 @@ impl TempCluster {
         if !options.durable {
             conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
         }
+        if let Some(tls) = &options.tls {
+            conf.push_str(&self.write_tls(tls)?);
+        }
         for (name, value) in &options.settings {
             conf.push_str(&format!("{name} = {value}\n"));
         }
@@ -199,6 +218,47 @@ impl TempCluster {
         let mut text = fs::read_to_string(&path)?;
         text.push_str(&conf);
         fs::write(&path, text)?;
+        Ok(())
+    }
+
+    /// Writes the certificate files into the data directory (the key readable by the
+    /// server's user only, as PostgreSQL insists) and, for `required`, turns every `host`
+    /// line of `pg_hba.conf` into `hostssl`. Returns the `postgresql.conf` lines.
+    fn write_tls(&self, tls: &ClusterTls) -> Result<String, ClusterError> {
+        let data = self.data_dir();
+        self.write_server_file(&data.join("server.crt"), &tls.cert_pem, 0o644)?;
+        self.write_server_file(&data.join("server.key"), &tls.key_pem, 0o600)?;
+        let mut conf =
+            String::from("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        if let Some(ca) = &tls.client_ca_pem {
+            self.write_server_file(&data.join("root.crt"), ca, 0o644)?;
+            conf.push_str("ssl_ca_file = 'root.crt'\n");
+        }
+        if tls.required {
+            let hba = data.join("pg_hba.conf");
+            let text: String = fs::read_to_string(&hba)?
+                .lines()
+                .map(|line| match line.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{line}\n"),
+                })
+                .collect();
+            fs::write(&hba, text)?;
+        }
+        Ok(conf)
+    }
+
+    fn write_server_file(
+        &self,
+        path: &Path,
+        contents: &str,
+        mode: u32,
+    ) -> Result<(), ClusterError> {
+        fs::write(path, contents)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,6 @@
 
 pub mod convert;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
@@ -130,30 +129,60 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<SlotStatus, Sour
     })
 }
 
-/// The replication connection's settings, from `source.url`.
+/// The replication connection's settings, from `source.url` (its TLS settings included:
+/// see [`db`]). For `verify-ca` the certificate's own name must be known first; use
+/// [`replication_config_for`], which finds it.
 pub fn replication_config(
     settings: &Settings,
     start: Lsn,
 ) -> Result<ReplicationConfig, SourceError> {
-    use tokio_postgres::config::{Host, SslMode as PgSslMode};
-    let url = settings.source_url().expose_secret();
-    let pg =
-        tokio_postgres::Config::from_str(url).map_err(|e| SourceError::BadUrl(e.to_string()))?;
-    let host = match pg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let source = db::parse_url(settings.source_url().expose_secret())
+        .map_err(|e| SourceError::BadUrl(e.to_string()))?;
+    replication_config_with(settings, &source, start, None)
+}
+
+/// [`replication_config`], after asking the server for its certificate's names where
+/// `verify-ca` needs one.
+pub async fn replication_config_for(
+    settings: &Settings,
+    start: Lsn,
+) -> Result<ReplicationConfig, SourceError> {
+    let source = db::parse_url(settings.source_url().expose_secret())
+        .map_err(|e| SourceError::BadUrl(e.to_string()))?;
+    let mut name = None;
+    if source.tls.verifies_chain() && !source.tls.verifies_host() {
+        let port = source.config.get_ports().first().copied().unwrap_or(5432);
+        let names = db::server_certificate_names(&source.host(), port, &source.tls)
+            .await
+            .map_err(|e| SourceError::Stream(e.to_string()))?;
+        name = Some(names.into_iter().next().ok_or_else(|| {
+            SourceError::Stream(format!(
+                "the certificate of {} names no host in its subjectAltName, which the \
+                 replication connection needs to check it (sslmode={}): issue the server a \
+                 certificate with a subjectAltName",
+                source.host(),
+                source.tls.mode.as_str()
+            ))
+        })?);
+    }
+    replication_config_with(settings, &source, start, name)
+}
+
+fn replication_config_with(
+    settings: &Settings,
+    source: &db::SourceUrl,
+    start: Lsn,
+    certificate_name: Option<String>,
+) -> Result<ReplicationConfig, SourceError> {
+    let pg = &source.config;
+    let host = source.host();
     let password = pg
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let user = pg.get_user().unwrap_or("postgres").to_owned();
     let database = pg.get_dbname().unwrap_or(&user).to_owned();
-    let tls = match pg.get_ssl_mode() {
-        PgSslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
+    let tls = replication_tls(&source.tls, &host, certificate_name);
     let mut config = ReplicationConfig::new(
         host,
         user,
@@ -173,6 +202,71 @@ pub fn replication_config(
     Ok(config)
 }
 
+/// The replication crate's TLS settings for `tls`. The crate checks the host name whenever
+/// it checks the chain, so `verify-ca` passes it a name the certificate holds
+/// (`certificate_name`); an IP address is checked against the certificate's IP entries, as
+/// libpq does.
+fn replication_tls(
+    tls: &db::TlsOptions,
+    host: &str,
+    certificate_name: Option<String>,
+) -> TlsConfig {
+    use pgwire_replication::SslMode as Mode;
+    let mut config = match tls.mode {
+        db::SslMode::Disable => TlsConfig::disabled(),
+        db::SslMode::Prefer => TlsConfig {
+            mode: Mode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        _ if !tls.verifies_chain() => TlsConfig::require(),
+        _ => {
+            let ca = match &tls.root_cert {
+                Some(db::RootCert::File(path)) => Some(path.clone()),
+                // `system`: the crate's own copy of the same Mozilla roots.
+                Some(db::RootCert::System) | None => None,
+            };
+            let config = TlsConfig::verify_full(ca);
+            if tls.verifies_host() {
+                if host.parse::<std::net::IpAddr>().is_ok() {
+                    config.with_sni_hostname(host)
+                } else {
+                    config
+                }
+            } else {
+                config.with_sni_hostname(certificate_name.unwrap_or_else(|| host.to_owned()))
+            }
+        }
+    };
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        config = config.with_client_cert(cert, key);
+    }
+    config
+}
+
+/// A replication connection that could not be opened, with what to do about a TLS or a
+/// privilege problem.
+fn connect_error(settings: &Settings, err: PgWireError) -> SourceError {
+    let text = err.to_string();
+    let mut hints = Vec::new();
+    if let Ok(source) = db::parse_url(settings.source_url().expose_secret())
+        && let Some(hint) = db::tls_hint(&text, &source.tls, &source.host())
+    {
+        hints.push(hint);
+    }
+    let message = text.strip_prefix("server error: ").unwrap_or(&text);
+    let message = message.split(" (SQLSTATE").next().unwrap_or(message);
+    if sqlstate_in(&text).as_deref() == Some("42501")
+        && let Some(hint) = crate::grants::privilege_hint(message)
+    {
+        hints.push(hint);
+    }
+    if hints.is_empty() {
+        SourceError::Stream(text)
+    } else {
+        SourceError::Stream(format!("{text}. {}", hints.join(". ")))
+    }
+}
+
 /// A slot just created, with the snapshot that holds exactly the data before its start.
 pub struct CreatedSlot {
     /// The gated session that created the slot; it must stay idle until the snapshot has
@@ -188,14 +282,18 @@ pub struct CreatedSlot {
 pub async fn create_slot(settings: &Settings) -> Result<CreatedSlot, SourceError> {
     // Start 0/0: the server then starts at the slot's confirmed position, which is its
     // consistent point (the position cannot be known before the slot exists).
-    let config = replication_config(settings, Lsn::ZERO)?;
-    let mut client = ReplicationClient::connect_gated(config).await?;
+    let config = replication_config_for(settings, Lsn::ZERO).await?;
+    let mut client = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|e| connect_error(settings, e))?;
     let rows = client
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
             settings.slot.name
         ))
-        .await?;
+        .await
+        // The first command is where a failed connection (TLS, authentication) shows.
+        .map_err(|e| connect_error(settings, e))?;
     let row = rows
         .first()
         .ok_or_else(|| SourceError::Stream("CREATE_REPLICATION_SLOT returned no row".into()))?;
@@ -224,8 +322,16 @@ pub async fn open_stream(
     settings: &Settings,
     start: Lsn,
 ) -> Result<ReplicationClient, SourceError> {
-    let config = replication_config(settings, start)?;
-    let client = ReplicationClient::connect(config).await?;
+    let config = replication_config_for(settings, start).await?;
+    let mut client = ReplicationClient::connect(config)
+        .await
+        .map_err(|e| connect_error(settings, e))?;
+    // Connecting runs in the background: wait for the stream to start, so that a failed
+    // connection (TLS, authentication, privileges) is reported with what to do about it.
+    client
+        .wait_started()
+        .await
+        .map_err(|e| connect_error(settings, e))?;
     Ok(client)
 }
 
