@@ -106,6 +106,9 @@ GRANT USAGE ON SCHEMA public TO leadsync_runtime;
 -- the first load, resync, validate and report read them
 GRANT SELECT ON public.contacts, public.contact_custom_fields, public.custom_fields TO leadsync_runtime;
 
+-- assess reports per workspace, by name
+GRANT SELECT ON public.workspaces TO leadsync_runtime;
+
 -- reverse sync writes edits of migrated customers back to their contacts
 GRANT UPDATE (firstname, lastname, email, phone_number, st_address, city, state, zip, updated_at) ON public.contacts TO leadsync_runtime;
 

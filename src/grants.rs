@@ -233,6 +233,13 @@ pub fn privileges() -> Vec<Privilege> {
         ),
         p(
             Runtime,
+            "SELECT",
+            On::Tables(Schema::Source, &["workspaces"]),
+            BeforeSetup,
+            "assess reports per workspace, by name",
+        ),
+        p(
+            Runtime,
             "UPDATE",
             On::Columns(Schema::Source, "contacts", &REVERSE_SYNC_COLUMNS),
             BeforeSetup,

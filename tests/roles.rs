@@ -304,6 +304,8 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
         &["report", "--wait-seconds", "5"],
         &["dlq", "list"],
         &["ctl", "status"],
+        &["assess"],
+        &["resync", "--no-wait"],
     ] {
         let out = leadsync(&db, &roles.runtime, args);
         assert!(
@@ -544,6 +546,27 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
     assert!(
         log.contains("EXECUTE on function pg_replication_origin_session_setup")
             && log.contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)"),
+        "{log}"
+    );
+
+    // Without the REPLICATION attribute it cannot create its slot.
+    admin
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO {r};
+             ALTER ROLE {r} NOREPLICATION;",
+            r = roles.runtime
+        ))
+        .await
+        .unwrap();
+    db.wait_slot_released().await;
+    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+    let status = daemon
+        .signal_and_wait(0, Duration::from_secs(60))
+        .expect("the daemon stops by itself");
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("Missing privilege: the REPLICATION attribute"),
         "{log}"
     );
     drop(daemon);
