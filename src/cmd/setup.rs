@@ -205,7 +205,7 @@ impl fmt::Display for SetupReport {
         if !self.created.is_empty() || self.publication_altered {
             writeln!(f, "setup: created {} objects", self.created.len())?;
         } else {
-            writeln!(f, "setup: everything was already in place")?;
+            writeln!(f, "setup: the schema was already in place")?;
         }
         // Group by kind: one line per kind, names listed where there are few.
         let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();

@@ -150,7 +150,9 @@ pub async fn replication_config_for(
     let source = db::parse_url(settings.source_url().expose_secret())
         .map_err(|e| SourceError::BadUrl(e.to_string()))?;
     let mut name = None;
-    if source.tls.verifies_chain() && !source.tls.verifies_host() {
+    // (No TLS on a Unix socket.)
+    if source.tls.verifies_chain() && !source.tls.verifies_host() && !source.host().starts_with('/')
+    {
         let port = source.config.get_ports().first().copied().unwrap_or(5432);
         let names = db::server_certificate_names(&source.host(), port, &source.tls)
             .await
@@ -351,6 +353,54 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_map_onto_the_replication_crate() {
+        use pgwire_replication::SslMode as Mode;
+        let tls = |url: &str| db::parse_url(url).unwrap().tls;
+        let prefer = replication_tls(&tls("postgres://u@db/x"), "db", None);
+        assert_eq!(prefer.mode, Mode::Prefer);
+        let disable = replication_tls(&tls("postgres://u@db/x?sslmode=disable"), "db", None);
+        assert_eq!(disable.mode, Mode::Disable);
+        let require = replication_tls(&tls("postgres://u@db/x?sslmode=require"), "db", None);
+        assert_eq!(require.mode, Mode::Require);
+        // require with a root certificate checks the chain, as libpq does.
+        let require_ca = replication_tls(
+            &tls("postgres://u@db/x?sslmode=require&sslrootcert=/ca.pem"),
+            "db",
+            Some("db.internal".into()),
+        );
+        assert_eq!(require_ca.mode, Mode::VerifyFull);
+        assert_eq!(require_ca.sni_hostname.as_deref(), Some("db.internal"));
+        let full = replication_tls(
+            &tls("postgres://u@db/x?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c&sslkey=/k"),
+            "db",
+            None,
+        );
+        assert_eq!(
+            (
+                full.mode,
+                full.ca_pem_path.as_deref(),
+                full.sni_hostname.as_deref()
+            ),
+            (
+                Mode::VerifyFull,
+                Some(std::path::Path::new("/ca.pem")),
+                None
+            )
+        );
+        assert!(full.is_mtls());
+        // An address is checked against the certificate's IP entries.
+        let ip = replication_tls(
+            &tls("postgres://u@10.0.0.5/x?sslmode=verify-full&sslrootcert=system"),
+            "10.0.0.5",
+            None,
+        );
+        assert_eq!(
+            (ip.ca_pem_path, ip.sni_hostname.as_deref()),
+            (None, Some("10.0.0.5"))
+        );
+    }
 
     #[test]
     fn sqlstate_is_read_from_the_crate_text() {
