@@ -220,7 +220,12 @@ impl fmt::Display for SetupReport {
             if names.len() <= 8 {
                 writeln!(f, "  + {kind}: {}", names.join(", "))?;
             } else {
-                writeln!(f, "  + {} {kind}s", names.len())?;
+                let plural = match kind {
+                    "index" => "indexes".to_owned(),
+                    "policy" => "policies".to_owned(),
+                    other => format!("{other}s"),
+                };
+                writeln!(f, "  + {} {plural}", names.len())?;
             }
         }
         if self.publication_altered {
