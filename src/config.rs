@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -368,14 +367,9 @@ impl Settings {
             key: "source.url",
             reason: "not set; give it in the configuration file or as LEADSYNC_SOURCE__URL".into(),
         })?;
-        tokio_postgres::Config::from_str(url.expose_secret()).map_err(|e| {
-            ConfigError::Invalid {
-                key: "source.url",
-                reason: format!(
-                    "`{}` is not a PostgreSQL connection URL: {e}",
-                    redact_url(url.expose_secret())
-                ),
-            }
+        crate::db::parse_url(url.expose_secret()).map_err(|e| ConfigError::Invalid {
+            key: "source.url",
+            reason: format!("`{}`: {e}", redact_url(url.expose_secret())),
         })?;
         check_identifier("source.schema", &self.source.schema)?;
         check_identifier("target.schema", &self.target.schema)?;

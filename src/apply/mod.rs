@@ -68,6 +68,10 @@ pub enum ApplyError {
          restart; nothing after this change has been applied"
     )]
     Stopped(String),
+    /// A connection setting that no retry will fix (a bad URL, a TLS setting or a
+    /// certificate the server or leadsync refuses).
+    #[error("{0}; not retried: fix source.url (or the PGSSL* variables) and restart")]
+    Settings(String),
 }
 
 impl ApplyError {
@@ -82,7 +86,9 @@ impl ApplyError {
                 Some(_) => ErrorKind::Fatal,
             },
             ApplyError::Locked { .. } => ErrorKind::Transient,
-            ApplyError::NoOrigin(_) | ApplyError::Stopped(_) => ErrorKind::Fatal,
+            ApplyError::NoOrigin(_) | ApplyError::Stopped(_) | ApplyError::Settings(_) => {
+                ErrorKind::Fatal
+            }
         }
     }
 }
@@ -152,13 +158,15 @@ impl Applier {
     /// Opens the target session and binds it to the replication origin named after the
     /// slot. The binding is exclusive: a second daemon on the same slot is refused here.
     pub async fn connect(settings: &Settings) -> Result<Applier, ApplyError> {
-        let client =
-            db::connect(settings.source_url())
-                .await
-                .map_err(|e| ApplyError::ConnectionLost {
+        let client = db::connect(settings.source_url())
+            .await
+            .map_err(|e| match e {
+                db::ConnectError::Unreachable { .. } => ApplyError::ConnectionLost {
                     context: "connecting the apply session",
                     message: e.to_string(),
-                })?;
+                },
+                _ => ApplyError::Settings(e.to_string()),
+            })?;
         let origin = settings.origin_name();
         match client
             .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
