@@ -521,10 +521,10 @@ impl Sampler {
 }
 
 /// What the writers' and the daemon's server sessions are doing, sampled from
-/// `pg_stat_activity` every 100 ms: (who, state or wait event) → samples.
+/// `pg_stat_activity` every 100 ms: (who, pid, state or wait event) → samples.
 struct Waits {
     stop: Arc<AtomicBool>,
-    task: JoinHandle<BTreeMap<(String, String), u64>>,
+    task: JoinHandle<BTreeMap<(String, i32, String), u64>>,
 }
 
 impl Waits {
@@ -538,6 +538,7 @@ impl Waits {
                     "SELECT CASE WHEN backend_type = 'walsender' THEN 'walsender'
                                  WHEN application_name = 'leadsync' THEN 'apply'
                                  ELSE 'pgbench' END,
+                            pid,
                             CASE WHEN state = 'active'
                                  THEN coalesce(wait_event_type || ':' || wait_event, 'CPU')
                                  ELSE coalesce(state, '?') END
@@ -552,7 +553,9 @@ impl Waits {
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
                 for row in client.query(&stmt, &[&db]).await.unwrap() {
-                    *counts.entry((row.get(0), row.get(1))).or_insert(0) += 1;
+                    *counts
+                        .entry((row.get(0), row.get(1), row.get(2)))
+                        .or_insert(0) += 1;
                 }
             }
             counts
@@ -560,28 +563,53 @@ impl Waits {
         Waits { stop, task }
     }
 
-    /// Per kind of session, its most frequent states, as shares of its samples.
+    /// Per kind of session, its most frequent states, as shares of its samples. Of the
+    /// daemon's ordinary sessions only the apply session is shown: the one seen busy most
+    /// often (the others, such as the lag sampler's, are idle nearly always).
     async fn stop(self) -> String {
         self.stop.store(true, Ordering::Relaxed);
         let counts = self.task.await.unwrap();
+        let busy = |pid: i32| -> u64 {
+            counts
+                .iter()
+                .filter(|((w, p, what), _)| w == "apply" && *p == pid && what != "idle")
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let daemon_pids: std::collections::BTreeSet<i32> = counts
+            .keys()
+            .filter(|(w, _, _)| w == "apply")
+            .map(|(_, p, _)| *p)
+            .collect();
+        let apply_pid = daemon_pids.iter().copied().max_by_key(|p| busy(*p));
         let mut parts = Vec::new();
         for who in ["pgbench", "walsender", "apply"] {
-            let mut mine: Vec<(&str, u64)> = counts
-                .iter()
-                .filter(|((w, _), _)| w == who)
-                .map(|((_, what), n)| (what.as_str(), *n))
-                .collect();
-            let total: u64 = mine.iter().map(|(_, n)| n).sum();
+            let mut mine: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((w, pid, what), n) in &counts {
+                if w == who && (who != "apply" || Some(*pid) == apply_pid) {
+                    *mine.entry(what.as_str()).or_insert(0) += n;
+                }
+            }
+            let total: u64 = mine.values().sum();
             if total == 0 {
                 continue;
             }
+            let mut mine: Vec<(&str, u64)> = mine.into_iter().collect();
             mine.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
             let top: Vec<String> = mine
                 .iter()
                 .take(5)
                 .map(|(what, n)| format!("{what} {:.0}%", 100.0 * *n as f64 / total as f64))
                 .collect();
-            parts.push(format!("{who}: {}", top.join(", ")));
+            let label = if who == "apply" {
+                format!(
+                    "apply session ({} other daemon sessions left out)",
+                    daemon_pids.len().saturating_sub(1)
+                )
+            } else {
+                who.to_owned()
+            };
+            parts.push(format!("{label}: {}", top.join(", ")));
         }
         parts.join("; ")
     }
