@@ -31,11 +31,12 @@
 //! `BENCH_SECONDS` per run (20), `BENCH_CLIENTS` (4), `BENCH_THREADS` (2), `BENCH_DURABLE`
 //! (0: `fsync = off` and otherwise PostgreSQL's defaults, synchronous_commit and
 //! full_page_writes on, as in the trigger baseline; 1: fsync on too, which on a shared disk
-//! measures mostly the disk's flush latency), `BENCH_PLAN` (the runs in order, `workload:variant` with workload
-//! `U` or `I` and variant `none`, `guide`, `leadsync` or `rate`; default
-//! `U:none,U:guide,U:leadsync,U:rate,U:none,I:none,I:guide,I:leadsync,I:none`: no sync
-//! brackets the others, and ratios use the mean of its runs), `BENCH_RATE_FRACTION` (0.5 of
-//! the no-sync TPS measured before), `BENCH_PROBE_MS` (100), `BENCH_POLL_MS` (10).
+//! measures mostly the disk's flush latency), `BENCH_PLAN` (the runs in order,
+//! `workload:variant` with workload `U` or `I` and variant `none`, `guide`, `leadsync` or
+//! `rate`; default `U:none,U:guide,U:leadsync,U:rate,U:none,I:none,I:guide,I:leadsync,I:none`:
+//! no sync brackets the others, and ratios use the mean of its runs),
+//! `BENCH_RATE_FRACTION` (0.5 of the no-sync TPS measured before), `BENCH_PROBE_MS` (100),
+//! `BENCH_POLL_MS` (10).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
