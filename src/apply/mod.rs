@@ -135,7 +135,7 @@ pub struct ApplyStats {
 
 /// The target session and the transaction being built.
 pub struct Applier {
-    client: Client,
+    client: Session,
     sql: Sql,
     source_schema: String,
     slot: String,
@@ -186,7 +186,7 @@ impl Applier {
         }
         let limits = column_limits(&client, &settings.target.schema).await?;
         Ok(Applier {
-            client,
+            client: Session::new(client),
             sql: Sql::new(&settings.target.schema),
             source_schema: settings.source.schema.clone(),
             slot: settings.slot.name.clone(),
@@ -311,9 +311,11 @@ impl Applier {
         // Three reads pipelined on the one session.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
         let (contacts, values, dirty) = tokio::try_join!(
-            self.client.query(&self.sql.select_mirror_contacts, &params),
-            self.client.query(&self.sql.select_mirror_values, &params),
-            self.client.query(
+            self.client
+                .query_prepared(&self.sql.select_mirror_contacts, &params),
+            self.client
+                .query_prepared(&self.sql.select_mirror_values, &params),
+            self.client.query_prepared(
                 "SELECT DISTINCT contact_id FROM leadsync.dead_letters
                  WHERE status = 'pending' AND contact_id = ANY($1::uuid[])",
                 &params,
@@ -890,6 +892,70 @@ impl Applier {
             .await
             .map_err(db_error("recording the phase"))?;
         Ok(())
+    }
+}
+
+/// The apply session, with its statements prepared once: the same handful of statements
+/// run for every chunk, and a prepared one is neither parsed nor (once PostgreSQL settles on
+/// a generic plan) planned again, and costs one round trip instead of two.
+pub struct Session {
+    client: Client,
+    prepared: std::sync::Mutex<HashMap<String, tokio_postgres::Statement>>,
+}
+
+impl Session {
+    fn new(client: Client) -> Session {
+        Session {
+            client,
+            prepared: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn statement(
+        &self,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        let known = self
+            .prepared
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(sql).cloned());
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await?;
+        if let Ok(mut cache) = self.prepared.lock() {
+            cache.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    /// `execute` with the statement prepared once per session.
+    pub async fn execute_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+
+    /// `query` with the statement prepared once per session.
+    pub async fn query_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 

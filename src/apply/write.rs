@@ -3,31 +3,30 @@
 //! before parents on the way out).
 
 use chrono::NaiveDateTime;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{ApplyError, Sql, db_error};
+use super::{ApplyError, Session, Sql, db_error};
 use crate::project::plan::{ContactWrites, Plan, RowWrite, ValueWrite};
 use crate::project::{Appointment, Customer, Lead, ValueTable};
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
 async fn run(
-    client: &Client,
+    client: &Session,
     statement: &str,
     params: &[Param<'_>],
     context: &'static str,
 ) -> Result<(), ApplyError> {
     client
-        .execute(statement, params)
+        .execute_prepared(statement, params)
         .await
         .map(drop)
         .map_err(db_error(context))
 }
 
 /// Writes the mirror side of a plan: leadsync's copy of the source state.
-pub async fn mirror(client: &Client, sql: &Sql, plan: &Plan) -> Result<(), ApplyError> {
+pub async fn mirror(client: &Session, sql: &Sql, plan: &Plan) -> Result<(), ApplyError> {
     if !plan.mirror_contacts_deleted.is_empty() {
         run(
             client,
@@ -165,7 +164,7 @@ impl<'a, T> Sorted<'a, T> {
 
 /// Writes the target side of the given contacts.
 pub async fn contacts(
-    client: &Client,
+    client: &Session,
     sql: &Sql,
     writes: &[ContactWrites],
 ) -> Result<(), ApplyError> {
@@ -264,7 +263,7 @@ fn slot(table: ValueTable) -> usize {
 }
 
 async fn upsert_customers(
-    client: &Client,
+    client: &Session,
     sql: &Sql,
     rows: &[(&Customer, Option<NaiveDateTime>)],
 ) -> Result<(), ApplyError> {
@@ -329,7 +328,7 @@ async fn upsert_customers(
 }
 
 async fn upsert_leads(
-    client: &Client,
+    client: &Session,
     sql: &Sql,
     rows: &[(&Lead, Option<NaiveDateTime>)],
 ) -> Result<(), ApplyError> {
@@ -386,7 +385,7 @@ async fn upsert_leads(
 }
 
 async fn upsert_appointments(
-    client: &Client,
+    client: &Session,
     sql: &Sql,
     rows: &[(&Appointment, Option<NaiveDateTime>)],
 ) -> Result<(), ApplyError> {
