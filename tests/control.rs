@@ -241,3 +241,61 @@ async fn heartbeats_advance_the_slot_while_only_unpublished_tables_are_busy() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn lag_in_seconds_shows_a_backlog_while_it_is_applied() {
+    let db = TestDb::spawn().await;
+    db.make_ready(300).await;
+    let (env, metrics) = env_and_metrics(&db);
+    let mut daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    daemon.kill();
+    db.wait_slot_released().await;
+    // A backlog of 20,000 one-row transactions, the oldest a few seconds old at restart.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "DO $$
+             DECLARE ids uuid[] := ARRAY(SELECT id FROM contacts ORDER BY id);
+             BEGIN
+               FOR i IN 1..20000 LOOP
+                 UPDATE contacts SET priority = i % 5 WHERE id = ids[1 + i % array_length(ids, 1)];
+                 COMMIT;
+               END LOOP;
+             END $$",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let daemon = Daemon::start(BIN, &env);
+    let mut seen: f64 = 0.0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let samples = scrape_metrics(metrics).await;
+        let lag = samples.get("leadsync_lag_seconds").copied().unwrap_or(0.0);
+        seen = seen.max(lag);
+        let applied = samples
+            .get("leadsync_changes_total{table=\"contacts\",op=\"upsert\"}")
+            .copied()
+            .unwrap_or(0.0);
+        if applied >= 20_000.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not applied in time: {samples:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen >= 3.0,
+        "the lag never showed the backlog's age (max {seen} s)"
+    );
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(metrics, "leadsync_lag_seconds").await, 0.0);
+    db.assert_projection(&db.settings()).await;
+}

@@ -654,9 +654,12 @@ impl Stream<'_> {
     /// transaction, then acknowledges it.
     async fn commit_pending(&mut self) -> Result<(), RunError> {
         if let Some((lsn, time)) = self.pending.take() {
-            let age = self.applier.txn_age();
+            // From the first write to the commit, the last chunk and the COMMIT included.
+            let open_for = self.applier.txn_age();
+            let committing = Instant::now();
             self.applier.commit(lsn, time).await?;
-            metrics::histogram!(m::APPLY_SECONDS).record(age.as_secs_f64());
+            metrics::histogram!(m::APPLY_SECONDS)
+                .record((open_for + committing.elapsed()).as_secs_f64());
             metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
             for ((table, op), n) in self.changes.drain(..) {
                 if op == "reverse_update" {
@@ -669,7 +672,17 @@ impl Stream<'_> {
                 metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(parked);
                 self.dead_letters_seen = self.applier.stats.dead_letters;
             }
-            self.oldest_unapplied = None;
+            // Behind or caught up? What the stream holds already says: the next source
+            // transaction's commit time is the age of the oldest one not applied.
+            if self.peeked.is_none() {
+                self.peeked = self.client.recv().now_or_never();
+            }
+            self.oldest_unapplied = match &self.peeked {
+                Some(Ok(Some(ReplicationEvent::Begin {
+                    commit_time_micros, ..
+                }))) => Some(pg_time(*commit_time_micros)),
+                _ => None,
+            };
             self.advance(lsn);
         }
         Ok(())
