@@ -18,12 +18,21 @@ fn env_and_metrics(db: &TestDb) -> (Vec<(String, String)>, std::net::SocketAddr)
     (env, addr)
 }
 
-/// An unlabelled sample of a scrape.
+/// An unlabelled sample of a scrape, waiting (up to 10 s) for a daemon that has just
+/// started streaming to set it.
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let samples = scrape_metrics(addr).await;
-    *samples
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} in {samples:?}"))
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = scrape_metrics(addr).await;
+        if let Some(value) = samples.get(name) {
+            return *value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {name} in {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn ctl(env: &[(String, String)], action: &str) -> String {
