@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use leadsync::cluster::{ClusterOptions, TempCluster};
 use leadsync::cmd::setup::run_setup;
 use leadsync::config::Settings;
-use leadsync::testing::Daemon;
+use leadsync::testing::{Daemon, Databases};
 use secrecy::SecretString;
 use tokio_postgres::Client;
 
@@ -204,54 +204,25 @@ async fn projected_counts(client: &Client) -> BTreeMap<&'static str, i64> {
 }
 
 struct Bench {
-    port: u16,
-    admin: Client,
+    dbs: Databases,
 }
 
 impl Bench {
-    fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    async fn terminate(&self, db: &str) {
-        self.admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&db],
-            )
-            .await
-            .expect("terminate sessions");
-        for _ in 0..100 {
-            let n: i64 = self
-                .admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-                    &[&db],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Builds the template database for `n` contacts; returns its name and a description of
     /// the data.
     async fn template(&self, n: u64) -> (String, String) {
         let name = format!("bench_tpl_{n}");
-        self.admin
+        self.dbs
+            .admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await
             .expect("drop old template");
-        self.admin
+        self.dbs
+            .admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create template");
-        let url = self.url(&name);
+        let url = self.dbs.url(&name);
         let client = connect(&url).await;
         let started = Instant::now();
         leadsync::fixtures::load_legacy_schema(&client)
@@ -306,52 +277,13 @@ impl Bench {
             started.elapsed().as_secs_f64(),
         );
         drop(client);
-        self.terminate(&name).await;
+        self.dbs.terminate(&name).await;
         (name, desc)
-    }
-
-    async fn clone(&self, template: &str, name: &str) {
-        self.terminate(template).await;
-        self.admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .expect("drop old clone");
-        self.admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-            .await
-            .expect("clone the template");
-        self.admin.batch_execute("CHECKPOINT").await.unwrap();
-    }
-
-    async fn drop_clone(&self, name: &str, slot: Option<&str>) {
-        self.terminate(name).await;
-        if let Some(slot) = slot {
-            let _ = self
-                .admin
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                     WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            let _ = self
-                .admin
-                .execute(
-                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
-                     WHERE roname = $1",
-                    &[&slot],
-                )
-                .await;
-        }
-        self.admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .expect("drop clone");
     }
 
     /// Runs a SQL variant step by step, cancelling it after `limit`.
     async fn sql_variant(&self, db: &str, label: &str, sql: &str, limit: Duration) -> Run {
-        let client = connect(&self.url(db)).await;
+        let client = connect(&self.dbs.url(db)).await;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
@@ -369,7 +301,7 @@ impl Bench {
                 r = &mut work => r.unwrap_or_else(|e| panic!("{label} step {name}: {}",
                     leadsync::db::error_text(&e))),
                 _ = tokio::time::sleep(left) => {
-                    self.admin
+                    self.dbs.admin
                         .execute("SELECT pg_cancel_backend($1)", &[&pid])
                         .await
                         .unwrap();
@@ -403,7 +335,7 @@ impl Bench {
 
     /// leadsync's first load: `leadsync run` from its start until the slot is streaming.
     async fn daemon_variant(&self, db: &str, slot: &str, limit: Duration) -> Run {
-        let url = self.url(db);
+        let url = self.dbs.url(db);
         // The origin is per cluster: setup creates the one named after this slot.
         run_setup(&settings(&url, slot))
             .await
@@ -518,7 +450,7 @@ async fn one_size(bench: &Bench, n: u64, order: &[&str], limit: Duration) -> Str
     let mut projected = None;
     for (i, v) in order.iter().enumerate() {
         let db = format!("bench_{n}_{i}_{v}");
-        bench.clone(&template, &db).await;
+        bench.dbs.clone_from(&template, &db).await;
         eprintln!("-- N = {n}, variant ({v}) on {db}");
         let run = match *v {
             "a" => {
@@ -541,9 +473,9 @@ async fn one_size(bench: &Bench, n: u64, order: &[&str], limit: Duration) -> Str
                 let slot = format!("bench_slot_{n}_{i}");
                 let run = bench.daemon_variant(&db, &slot, limit).await;
                 if projected.is_none() {
-                    projected = Some(projected_counts(&connect(&bench.url(&db)).await).await);
+                    projected = Some(projected_counts(&connect(&bench.dbs.url(&db)).await).await);
                 }
-                bench.drop_clone(&db, Some(&slot)).await;
+                bench.dbs.drop_clone(&db, Some(&slot)).await;
                 eprintln!("   {:.2} s, {:?}", run.seconds, run.counts);
                 runs.push(run);
                 continue;
@@ -551,7 +483,7 @@ async fn one_size(bench: &Bench, n: u64, order: &[&str], limit: Duration) -> Str
             other => panic!("unknown variant {other}"),
         };
         eprintln!("   {:.2} s, {:?}", run.seconds, run.counts);
-        bench.drop_clone(&db, None).await;
+        bench.dbs.drop_clone(&db, None).await;
         runs.push(run);
     }
     let total = started.elapsed().as_secs_f64();
@@ -709,6 +641,7 @@ async fn one_size(bench: &Bench, n: u64, order: &[&str], limit: Duration) -> Str
     let _ = writeln!(md, "- Whole size (template + all variants): {total:.0} s.");
     let _ = writeln!(md);
     let _ = bench
+        .dbs
         .admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {template} WITH (FORCE)"))
         .await;
@@ -729,10 +662,13 @@ async fn run(port: u16) {
     let order_large = knob("BENCH_VARIANTS_LARGE", &order_small);
     let limit_large = Duration::from_secs(knob("BENCH_LIMIT_S", "600").parse().unwrap());
     let admin = connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).await;
-    let bench = Bench { port, admin };
+    let bench = Bench {
+        dbs: Databases { port, admin },
+    };
 
     let mut server = String::new();
     let version: String = bench
+        .dbs
         .admin
         .query_one("SHOW server_version", &[])
         .await
@@ -751,6 +687,7 @@ async fn run(port: u16) {
         "max_parallel_maintenance_workers",
     ] {
         let v: String = bench
+            .dbs
             .admin
             .query_one(&format!("SHOW {name}"), &[])
             .await

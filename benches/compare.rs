@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use leadsync::cluster::{ClusterOptions, TempCluster};
 use leadsync::cmd::setup::run_setup;
 use leadsync::config::Settings;
-use leadsync::testing::{Daemon, scrape_metrics};
+use leadsync::testing::{Daemon, Databases, scrape_metrics};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -666,9 +666,8 @@ impl Outcome {
 }
 
 struct Bench {
-    port: u16,
+    dbs: Databases,
     bindir: PathBuf,
-    admin: Client,
     contacts: u64,
     workspaces: i64,
     seconds: u64,
@@ -679,93 +678,6 @@ struct Bench {
 }
 
 impl Bench {
-    fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    async fn terminate(&self, db: &str) {
-        self.admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&db],
-            )
-            .await
-            .expect("terminate sessions");
-        for _ in 0..200 {
-            let n: i64 = self
-                .admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-                    &[&db],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn clone(&self, template: &str, name: &str) {
-        self.terminate(template).await;
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name} TEMPLATE {template}"),
-            "CHECKPOINT".to_owned(),
-        ] {
-            self.admin
-                .batch_execute(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-    }
-
-    async fn drop_clone(&self, name: &str, slot: Option<&str>) {
-        self.terminate(name).await;
-        if let Some(slot) = slot {
-            for _ in 0..100 {
-                let left: i64 = self
-                    .admin
-                    .query_one(
-                        "SELECT count(pg_drop_replication_slot(slot_name))
-                         FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                        &[&slot],
-                    )
-                    .await
-                    .map(|r| r.get(0))
-                    .unwrap_or(0);
-                let exists: bool = self
-                    .admin
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                        &[&slot],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if left > 0 || !exists {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = self
-                .admin
-                .execute(
-                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
-                     WHERE roname = $1",
-                    &[&slot],
-                )
-                .await;
-        }
-        self.admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .expect("drop clone");
-    }
-
     /// The legacy data, `leadsync setup` (target tables, publication, `leadsync` schema),
     /// field contexts and the probe contact; returns a description of the data.
     async fn base_template(&mut self) -> String {
@@ -773,9 +685,9 @@ impl Bench {
             format!("DROP DATABASE IF EXISTS {BASE_TEMPLATE} WITH (FORCE)"),
             format!("CREATE DATABASE {BASE_TEMPLATE}"),
         ] {
-            self.admin.batch_execute(&sql).await.unwrap();
+            self.dbs.admin.batch_execute(&sql).await.unwrap();
         }
-        let url = self.url(BASE_TEMPLATE);
+        let url = self.dbs.url(BASE_TEMPLATE);
         let client = connect(&url).await;
         let started = Instant::now();
         leadsync::fixtures::load_legacy_schema(&client)
@@ -823,7 +735,7 @@ impl Bench {
             "the INSERT script's fields are not where it expects"
         );
         drop(client);
-        self.terminate(BASE_TEMPLATE).await;
+        self.dbs.terminate(BASE_TEMPLATE).await;
         format!(
             "{} contacts (+1 probe contact), {} field values, {} workspaces; {shortened} \
              contacts had values shortened to fit; template database {}; built in {:.1} s",
@@ -838,8 +750,8 @@ impl Bench {
     /// A clone of the base template with the target filled by the guide's mapping and the
     /// guide's triggers installed.
     async fn guide_template(&self) -> String {
-        self.clone(BASE_TEMPLATE, GUIDE_TEMPLATE).await;
-        let client = connect(&self.url(GUIDE_TEMPLATE)).await;
+        self.dbs.clone_from(BASE_TEMPLATE, GUIDE_TEMPLATE).await;
+        let client = connect(&self.dbs.url(GUIDE_TEMPLATE)).await;
         let started = Instant::now();
         client
             .batch_execute(SET_BASED_SQL)
@@ -859,7 +771,7 @@ impl Bench {
             .await
             .unwrap();
         drop(client);
-        self.terminate(GUIDE_TEMPLATE).await;
+        self.dbs.terminate(GUIDE_TEMPLATE).await;
         format!(
             "guide template: {} customers, {} leads, {} customer_custom_fields filled by \
              set_based.sql, triggers installed, in {:.1} s",
@@ -972,7 +884,7 @@ impl Bench {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.port.to_string(),
+                &self.dbs.port.to_string(),
                 "-U",
                 "postgres",
             ])
@@ -1008,8 +920,8 @@ impl Bench {
         } else {
             BASE_TEMPLATE
         };
-        self.clone(template, &db).await;
-        let url = self.url(&db);
+        self.dbs.clone_from(template, &db).await;
+        let url = self.dbs.url(&db);
         let client = connect(&url).await;
         let slot = format!("cmp_{}_{index}", std::process::id());
 
@@ -1139,7 +1051,8 @@ impl Bench {
             self.stop_daemon(&client, &slot, d).await;
         }
         drop(client);
-        self.drop_clone(&db, variant.streams().then_some(slot.as_str()))
+        self.dbs
+            .drop_clone(&db, variant.streams().then_some(slot.as_str()))
             .await;
 
         let busy = machine_end - machine_start;
@@ -1456,9 +1369,11 @@ async fn run() {
         server.push(format!("{name}={v}"));
     }
     let mut bench = Bench {
-        port: cluster.port(),
+        dbs: Databases {
+            port: cluster.port(),
+            admin,
+        },
         bindir: cluster.bindir().to_owned(),
-        admin,
         contacts,
         workspaces: 0,
         seconds: knob_num("BENCH_SECONDS", 20),

@@ -574,3 +574,106 @@ pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
     }
     samples
 }
+
+/// The databases of a benchmark: fresh clones of a template on one cluster, each dropped
+/// with the slot and replication origin a daemon made in it.
+pub struct Databases {
+    pub port: u16,
+    /// A superuser session on the cluster's `postgres` database.
+    pub admin: Client,
+}
+
+impl Databases {
+    /// URL of database `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Ends every session on `db` and waits (up to 10 s) until they are gone.
+    pub async fn terminate(&self, db: &str) {
+        self.admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .expect("terminate sessions");
+        for _ in 0..200 {
+            let n: i64 = self
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&db],
+                )
+                .await
+                .expect("count sessions")
+                .get(0);
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `name` as a fresh copy of `template`, then a checkpoint so that every run starts
+    /// from the same state.
+    pub async fn clone_from(&self, template: &str, name: &str) {
+        self.terminate(template).await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name} TEMPLATE {template}"),
+            "CHECKPOINT".to_owned(),
+        ] {
+            self.admin
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    /// Drops database `name`, and `slot` with its replication origin once no walsender
+    /// holds it any more.
+    pub async fn drop_clone(&self, name: &str, slot: Option<&str>) {
+        self.terminate(name).await;
+        if let Some(slot) = slot {
+            for _ in 0..100 {
+                let left: i64 = self
+                    .admin
+                    .query_one(
+                        "SELECT count(pg_drop_replication_slot(slot_name))
+                         FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        &[&slot],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                let exists: bool = self
+                    .admin
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                        &[&slot],
+                    )
+                    .await
+                    .expect("slot state")
+                    .get(0);
+                if left > 0 || !exists {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let _ = self
+                .admin
+                .execute(
+                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+                     WHERE roname = $1",
+                    &[&slot],
+                )
+                .await;
+        }
+        self.admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop clone");
+    }
+}
