@@ -515,16 +515,13 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         ))
         .await
         .unwrap();
-    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
-    let status = daemon
-        .signal_and_wait(0, Duration::from_secs(60))
-        .expect("the daemon stops by itself");
-    assert!(!status.success());
-    let log = daemon.log();
-    assert!(
-        log.contains("permission denied for table contact_custom_fields")
-            && log.contains("the runtime role needs SELECT on it"),
-        "{log}"
+    stops_saying(
+        &db,
+        &roles.runtime,
+        &[
+            "permission denied for table contact_custom_fields",
+            "the runtime role needs SELECT on it",
+        ],
     );
 
     // Without the replication origin's functions it cannot checkpoint.
@@ -537,16 +534,13 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         .await
         .unwrap();
     db.wait_slot_released().await;
-    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
-    let status = daemon
-        .signal_and_wait(0, Duration::from_secs(60))
-        .expect("the daemon stops by itself");
-    assert!(!status.success());
-    let log = daemon.log();
-    assert!(
-        log.contains("EXECUTE on function pg_replication_origin_session_setup")
-            && log.contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)"),
-        "{log}"
+    stops_saying(
+        &db,
+        &roles.runtime,
+        &[
+            "EXECUTE on function pg_replication_origin_session_setup",
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)",
+        ],
     );
 
     // Without the REPLICATION attribute it cannot create its slot.
@@ -559,16 +553,23 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         .await
         .unwrap();
     db.wait_slot_released().await;
-    let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+    stops_saying(
+        &db,
+        &roles.runtime,
+        &["Missing privilege: the REPLICATION attribute"],
+    );
+    roles.drop(&admin).await;
+}
+
+/// Runs the daemon as `role` and checks that it stops by itself, saying all of `needles`.
+fn stops_saying(db: &TestDb, role: &str, needles: &[&str]) {
+    let mut daemon = Daemon::start(BIN, &env_as(db, role));
     let status = daemon
         .signal_and_wait(0, Duration::from_secs(60))
         .expect("the daemon stops by itself");
     assert!(!status.success());
     let log = daemon.log();
-    assert!(
-        log.contains("Missing privilege: the REPLICATION attribute"),
-        "{log}"
-    );
-    drop(daemon);
-    roles.drop(&admin).await;
+    for needle in needles {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
 }
