@@ -50,25 +50,6 @@ const TARGET_TABLES: [&str; 6] = [
 /// Publication shared by the template and its clones (it is copied with the database).
 const PUBLICATION: &str = "bench_backfill_pub";
 
-/// Values longer than the target column are shortened in the template, so that the guide's
-/// SQL can run at all (it would abort with `value too long`); leadsync would park such rows
-/// as dead letters instead.
-const SHORTEN_MISFITS: &str = "
-UPDATE contacts SET
-    firstname    = left(firstname, 255),
-    lastname     = left(lastname, 255),
-    email        = left(email, 255),
-    phone_number = left(phone_number, 20),
-    city         = left(city, 100),
-    state        = left(state, 50),
-    zip          = left(zip, 20),
-    lead_status  = left(lead_status, 100),
-    lead_source  = left(lead_source, 255)
-WHERE char_length(firstname) > 255 OR char_length(lastname) > 255
-   OR char_length(email) > 255 OR char_length(phone_number) > 20
-   OR char_length(city) > 100 OR char_length(state) > 50 OR char_length(zip) > 20
-   OR char_length(lead_status) > 100 OR char_length(lead_source) > 255";
-
 fn knob(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -232,7 +213,7 @@ impl Bench {
             .await
             .expect("generate demo data");
         let generated = started.elapsed().as_secs_f64();
-        let shortened = client.execute(SHORTEN_MISFITS, &[]).await.unwrap();
+        let shortened = leadsync::fixtures::shorten_misfits(&client).await.unwrap();
         run_setup(&settings(&url, &format!("bench_tpl_{n}")))
             .await
             .expect("leadsync setup on the template");

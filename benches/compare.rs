@@ -65,25 +65,6 @@ const BASE_TEMPLATE: &str = "cmp_tpl_base";
 const GUIDE_TEMPLATE: &str = "cmp_tpl_guide";
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(1800);
 
-/// Values longer than the target column are shortened in the template, so that the guide's
-/// mapping and triggers can run at all (they would abort with `value too long`); the same
-/// legacy data serves every variant.
-const SHORTEN_MISFITS: &str = "
-UPDATE contacts SET
-    firstname    = left(firstname, 255),
-    lastname     = left(lastname, 255),
-    email        = left(email, 255),
-    phone_number = left(phone_number, 20),
-    city         = left(city, 100),
-    state        = left(state, 50),
-    zip          = left(zip, 20),
-    lead_status  = left(lead_status, 100),
-    lead_source  = left(lead_source, 255)
-WHERE char_length(firstname) > 255 OR char_length(lastname) > 255
-   OR char_length(email) > 255 OR char_length(phone_number) > 20
-   OR char_length(city) > 100 OR char_length(state) > 50 OR char_length(zip) > 20
-   OR char_length(lead_status) > 100 OR char_length(lead_source) > 255";
-
 /// The contact the lag probe updates; pgbench never picks it (its ids come from
 /// `md5('contact' || i)`).
 const PROBE_CONTACT: &str = "
@@ -700,7 +681,7 @@ impl Bench {
         leadsync::fixtures::generate_demo_data(&client, self.contacts)
             .await
             .expect("generate demo data");
-        let shortened = client.execute(SHORTEN_MISFITS, &[]).await.unwrap();
+        let shortened = leadsync::fixtures::shorten_misfits(&client).await.unwrap();
         client.execute(PROBE_CONTACT, &[]).await.unwrap();
         run_setup(&settings(&url, &format!("cmp_tpl_{}", std::process::id())))
             .await

@@ -49,3 +49,33 @@ pub async fn generate_demo_data(
 pub async fn assign_demo_field_contexts(client: &Client) -> Result<u64, tokio_postgres::Error> {
     client.execute(DEMO_FIELD_CONTEXTS, &[]).await
 }
+
+/// Cuts every legacy value that would not fit its target column (`project::LENGTH_LIMITS`)
+/// to the column's width, so that no dead letter exists unless a test or bench makes one,
+/// and SQL that cannot park a row (the guide's) can run at all. `tags` is left alone: the
+/// product comes from the rules, not from its length. Returns the contacts changed.
+pub async fn shorten_misfits(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let limits: Vec<(&str, usize)> = crate::project::LENGTH_LIMITS
+        .iter()
+        .filter(|(_, column, _)| *column != "tags")
+        .map(|&(_, column, limit)| (column, limit))
+        .collect();
+    let set: Vec<String> = limits
+        .iter()
+        .map(|(c, n)| format!("{c} = left({c}, {n})"))
+        .collect();
+    let too_long: Vec<String> = limits
+        .iter()
+        .map(|(c, n)| format!("char_length({c}) > {n}"))
+        .collect();
+    client
+        .execute(
+            &format!(
+                "UPDATE contacts SET {} WHERE {}",
+                set.join(", "),
+                too_long.join(" OR ")
+            ),
+            &[],
+        )
+        .await
+}

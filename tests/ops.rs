@@ -13,7 +13,6 @@ use leadsync::cmd::dlq::{DlqError, run_dlq_list, run_dlq_retry};
 use leadsync::cmd::setup::run_setup;
 use leadsync::cmd::teardown::{TeardownError, TeardownOptions, run_teardown};
 use leadsync::cmd::validate::{Status, run_validate};
-use leadsync::project::LENGTH_LIMITS;
 use leadsync::testing::{Daemon, TestDb, daemon_env};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -30,16 +29,7 @@ async fn running(contacts: u64) -> (TestDb, Daemon, Client) {
     leadsync::fixtures::generate_demo_data(&client, contacts)
         .await
         .unwrap();
-    for (_, column, limit) in LENGTH_LIMITS {
-        exec(
-            &client,
-            &format!(
-                "UPDATE contacts SET {column} = left({column}, {limit})
-                 WHERE char_length({column}) > {limit}"
-            ),
-        )
-        .await;
-    }
+    leadsync::fixtures::shorten_misfits(&client).await.unwrap();
     run_setup(&db.settings()).await.unwrap();
     leadsync::fixtures::assign_demo_field_contexts(&client)
         .await

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use leadsync::config::parse_rules;
 use leadsync::project::{
-    Contact, ContactProjection, FieldContext, FieldValue, LENGTH_LIMITS, ProductRules, RoutedValue,
-    ValueTable, appointment_id_for, lead_id_for, project_contact, route_field_value,
+    Contact, ContactProjection, FieldContext, FieldValue, ProductRules, RoutedValue, ValueTable,
+    appointment_id_for, lead_id_for, project_contact, route_field_value,
 };
 use leadsync::reconcile::{
     DerivedId, DiffKind, ReconcileError, ReconcileOptions, Reconciliation, derived_ids_in_sql,
@@ -56,20 +56,7 @@ async fn generated_db(contacts: u64) -> (TestDb, Client) {
     leadsync::fixtures::assign_demo_field_contexts(&client)
         .await
         .unwrap();
-    for (_, column, limit) in LENGTH_LIMITS {
-        if *column != "tags" {
-            client
-                .execute(
-                    &format!(
-                        "UPDATE contacts SET {column} = left({column}, {limit})
-                         WHERE length({column}) > {limit}"
-                    ),
-                    &[],
-                )
-                .await
-                .unwrap();
-        }
-    }
+    leadsync::fixtures::shorten_misfits(&client).await.unwrap();
     (db, client)
 }
 

@@ -211,11 +211,6 @@ impl Applier {
         &self.client
     }
 
-    /// The target's column widths the projection checks values against.
-    pub fn limits(&self) -> &ColumnLimits {
-        &self.limits
-    }
-
     /// Reads the target's column widths again (an operator may have widened a column to
     /// let parked values in).
     pub async fn refresh_limits(&mut self, target_schema: &str) -> Result<(), ApplyError> {

@@ -477,8 +477,9 @@ pub struct Misfit {
     pub length: usize,
 }
 
-/// Every length-limited projected column: (target column, legacy column, limit). The
-/// target DDL uses these limits; `assess` and the backfill check against them.
+/// Every length-limited projected column: (target column, legacy column, limit), as the
+/// target DDL declares them. `assess` checks against these; the stream and the first load
+/// check against [`ColumnLimits`], which starts from them and follows the live catalog.
 pub const LENGTH_LIMITS: &[(&str, &str, usize)] = &[
     ("customers.firstname", "firstname", 255),
     ("customers.lastname", "lastname", 255),
@@ -527,11 +528,6 @@ impl ColumnLimits {
             .iter()
             .find(|(c, _, _)| *c == column)
             .and_then(|(_, _, limit)| *limit)
-    }
-
-    /// The limited columns, as `table.column`.
-    pub fn columns(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.limits.iter().map(|(c, _, _)| *c)
     }
 
     fn check(&self, values: &[(&'static str, Option<&str>)]) -> Vec<Misfit> {
