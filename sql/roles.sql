@@ -109,6 +109,17 @@ GRANT SELECT ON public.contacts, public.contact_custom_fields, public.custom_fie
 -- assess reports per workspace, by name
 GRANT SELECT ON public.workspaces TO leadsync_runtime;
 
+-- the first load sets the target tables' foreign keys into them aside and adds them back,
+-- validated, when it commits (without it they are checked row by row)
+GRANT REFERENCES ON public.workspaces, public.custom_fields TO leadsync_runtime;
+
+-- reaches auth.users, into which the first load adds the target tables' foreign keys back
+GRANT USAGE ON SCHEMA auth TO leadsync_runtime;
+
+-- the first load sets the target tables' foreign keys into it aside and adds them back,
+-- validated, when it commits (without it they are checked row by row)
+GRANT REFERENCES ON auth.users TO leadsync_runtime;
+
 -- reverse sync writes edits of migrated customers back to their contacts
 GRANT UPDATE (firstname, lastname, email, phone_number, st_address, city, state, zip, updated_at) ON public.contacts TO leadsync_runtime;
 

@@ -12,7 +12,10 @@
 //!    the legacy rows out with binary `COPY TO`, the Rust projection turns them into target
 //!    rows, and binary `COPY FROM` streams them in — memory stays flat whatever the size;
 //! 4. the indexes and constraints are rebuilt under their own names, so the schema ends
-//!    exactly as `leadsync setup` made it, and the tables are analysed.
+//!    exactly as `leadsync setup` made it, and the tables are analysed;
+//! 5. the foreign keys into legacy tables, which [`foreign_keys::set_aside`] dropped in a
+//!    short transaction of its own before the snapshot (dropping them here would lock the
+//!    legacy tables for the whole load), are added back and validated.
 //!
 //! Rows whose values do not fit the target (a phone over 20 characters) are caught before
 //! the COPY — one bad row must not abort it — and parked as dead letters.
@@ -31,12 +34,15 @@ use crate::Lsn;
 use crate::apply::sql::{target_columns, value_columns};
 use crate::apply::{ApplyError, db_error};
 use crate::config::Settings;
+use crate::control::Shutdown;
 use crate::db::{self, quote_ident};
 use crate::project::plan::{DeadLetter, contact_payload, misfit_dead_letter};
 use crate::project::{
     CONTACT_COLUMNS, ColumnLimits, Contact, ContactProjection, FieldContext, FieldValue,
     ProductRules, ValueTable, contact_select, project_contact, route_field_value,
 };
+
+pub mod foreign_keys;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -159,13 +165,16 @@ impl Pass {
 
 /// Loads every legacy row into the target and leadsync's state, inside the open apply
 /// transaction (which must already hold the snapshot), reading through `reader` (which
-/// must hold the same snapshot).
+/// must hold the same snapshot). The foreign keys set aside before the snapshot are added
+/// back last, so the transaction holds locks on the legacy tables only from there until it
+/// commits.
 pub async fn load(
     settings: &Settings,
     apply: &Client,
     reader: &Client,
     state: &Client,
     lsn: Lsn,
+    shutdown: &Shutdown,
 ) -> Result<(LoadStats, Vec<DeadLetter>), ApplyError> {
     let started = Instant::now();
     let s = quote_ident(&settings.source.schema);
@@ -315,6 +324,16 @@ pub async fn load(
         seconds = rebuild.elapsed().as_secs_f64(),
         "first load: indexes and constraints rebuilt, tables analysed"
     );
+    let validate = Instant::now();
+    let restored =
+        foreign_keys::restore(apply, settings.target.lock_timeout_ms, Some(shutdown)).await?;
+    if restored > 0 {
+        tracing::info!(
+            keys = restored,
+            seconds = validate.elapsed().as_secs_f64(),
+            "first load: foreign keys into legacy tables added back and validated"
+        );
+    }
     stats.dead_letters = dead.len() as u64;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((stats, dead))

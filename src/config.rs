@@ -23,7 +23,10 @@ const ENV_NOT_SETTINGS: &[&str] = &["LEADSYNC_CONFIG", "LEADSYNC_LOG"];
 /// Every section and its keys: the one list that unknown keys are checked against.
 pub const KEYS: &[(&str, &[&str])] = &[
     ("source", &["url", "schema"]),
-    ("target", &["schema"]),
+    (
+        "target",
+        &["schema", "defer_legacy_foreign_keys", "lock_timeout_ms"],
+    ),
     ("slot", &["name", "status_interval_ms"]),
     ("publication", &["name"]),
     (
@@ -113,12 +116,22 @@ impl Default for SourceSettings {
 pub struct TargetSettings {
     /// Schema of `customers`, `leads`, `appointments` and their custom-field tables.
     pub schema: String,
+    /// The first load drops the target tables' foreign keys into `workspaces`,
+    /// `custom_fields` and `auth.users` in a short transaction before it copies and adds
+    /// them back, validated, in its own commit, instead of checking them row by row.
+    pub defer_legacy_foreign_keys: bool,
+    /// How long (milliseconds) leadsync waits for a lock on a legacy table before it gives
+    /// the lock up and asks again after a pause, so the application never queues behind it
+    /// for longer.
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for TargetSettings {
     fn default() -> Self {
         TargetSettings {
             schema: "public".into(),
+            defer_legacy_foreign_keys: true,
+            lock_timeout_ms: 500,
         }
     }
 }
@@ -387,6 +400,12 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.target.lock_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "target.lock_timeout_ms",
+                reason: "must be at least 1 (0 would wait for a lock without limit)".into(),
+            });
+        }
         if self.sync.max_batch_changes == 0 {
             return Err(ConfigError::Invalid {
                 key: "sync.max_batch_changes",
@@ -448,12 +467,15 @@ impl fmt::Display for Settings {
             .collect();
         write!(
             f,
-            "source.url={url} source.schema={} target.schema={} slot.name={} \
+            "source.url={url} source.schema={} target.schema={} \
+             target.defer_legacy_foreign_keys={} target.lock_timeout_ms={} slot.name={} \
              publication.name={} sync.delete_mode={:?} sync.reverse={} sync.on_error={:?} \
              transform.product_rules={} transform.case_insensitive={} metrics.listen={} \
              log.format={:?}",
             self.source.schema,
             self.target.schema,
+            self.target.defer_legacy_foreign_keys,
+            self.target.lock_timeout_ms,
             self.slot.name,
             self.publication.name,
             self.sync.delete_mode,

@@ -240,6 +240,30 @@ pub fn privileges() -> Vec<Privilege> {
         ),
         p(
             Runtime,
+            "REFERENCES",
+            On::Tables(Schema::Source, &["workspaces", "custom_fields"]),
+            BeforeSetup,
+            "the first load sets the target tables' foreign keys into them aside and adds \
+             them back, validated, when it commits (without it they are checked row by row)",
+        ),
+        p(
+            Runtime,
+            "USAGE",
+            On::Schema(Schema::Auth),
+            BeforeSetup,
+            "reaches auth.users, into which the first load adds the target tables' foreign \
+             keys back",
+        ),
+        p(
+            Runtime,
+            "REFERENCES",
+            On::Tables(Schema::Auth, &["users"]),
+            BeforeSetup,
+            "the first load sets the target tables' foreign keys into it aside and adds them \
+             back, validated, when it commits (without it they are checked row by row)",
+        ),
+        p(
+            Runtime,
             "UPDATE",
             On::Columns(Schema::Source, "contacts", &REVERSE_SYNC_COLUMNS),
             BeforeSetup,
@@ -722,6 +746,7 @@ pub fn privilege_hint(message: &str) -> Option<String> {
                 "fields",
                 "field_values",
                 "resync_requests",
+                "deferred_constraints",
             ]
             .contains(&bare)
     };

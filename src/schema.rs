@@ -278,6 +278,16 @@ CREATE TABLE IF NOT EXISTS leadsync.fields (
     context_type TEXT
 );
 
+-- Foreign keys of the target tables into legacy tables that the first load set aside
+-- (dropped in a short transaction of their own before its snapshot) and adds back when it
+-- commits; recorded here so that a crash in between never loses one.
+CREATE TABLE IF NOT EXISTS leadsync.deferred_constraints (
+    table_name TEXT NOT NULL,
+    constraint_name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    PRIMARY KEY (table_name, constraint_name)
+);
+
 -- `leadsync resync` requests, carried out by the running daemon.
 CREATE TABLE IF NOT EXISTS leadsync.resync_requests (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

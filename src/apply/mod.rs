@@ -72,6 +72,14 @@ pub enum ApplyError {
     /// certificate the server or leadsync refuses).
     #[error("{0}; not retried: fix source.url (or the PGSSL* variables) and restart")]
     Settings(String),
+    /// A parent row the first load refers to (a workspace, a custom field, a user) was
+    /// deleted while the load ran: its foreign keys do not validate. The load starts again
+    /// on a fresh snapshot, which no longer has the children.
+    #[error(
+        "a row the first load refers to was deleted while it ran ({0}); the first load starts \
+         again"
+    )]
+    LoadRaced(String),
 }
 
 impl ApplyError {
@@ -85,7 +93,7 @@ impl ApplyError {
                 Some(code) if is_bad_row_sqlstate(code) => ErrorKind::BadRow,
                 Some(_) => ErrorKind::Fatal,
             },
-            ApplyError::Locked { .. } => ErrorKind::Transient,
+            ApplyError::Locked { .. } | ApplyError::LoadRaced(_) => ErrorKind::Transient,
             ApplyError::NoOrigin(_) | ApplyError::Stopped(_) | ApplyError::Settings(_) => {
                 ErrorKind::Fatal
             }

@@ -255,6 +255,21 @@ async fn first_load(
         )
         .await
         .map_err(query_error("recording the phase"))?;
+    if settings.target.defer_legacy_foreign_keys {
+        let set_aside =
+            backfill::foreign_keys::set_aside(applier.client(), settings, shutdown).await?;
+        match set_aside {
+            None => {
+                return Err(RunError::NotSetUp(
+                    "stopped during the first load; the next run starts it again".into(),
+                ));
+            }
+            Some(keys) => tracing::info!(
+                keys,
+                "foreign keys into legacy tables set aside for the first load; it adds them back, validated, when it commits"
+            ),
+        }
+    }
     let created = source::create_slot(settings).await?;
     tracing::info!(
         slot = %settings.slot.name,
@@ -277,6 +292,7 @@ async fn first_load(
         &reader,
         &state,
         created.consistent_point,
+        shutdown,
     )
     .await?;
     for letter in &dead {

@@ -102,6 +102,9 @@ pub struct TeardownReport {
     pub terminated: Vec<i32>,
     /// Objects deliberately kept, as `kind name`.
     pub kept: Vec<String>,
+    /// What was put back as it was before leadsync (foreign keys an unfinished first load
+    /// had set aside).
+    pub restored: Vec<String>,
 }
 
 impl fmt::Display for TeardownReport {
@@ -118,6 +121,9 @@ impl fmt::Display for TeardownReport {
         }
         for object in &self.kept {
             writeln!(f, "kept {object}")?;
+        }
+        for object in &self.restored {
+            writeln!(f, "added back {object}")?;
         }
         writeln!(
             f,
@@ -167,6 +173,25 @@ pub async fn run_teardown(
         .await
         .map_err(query_error("looking for the leadsync schema"))?
         .get(0);
+    if exists && !opts.drop_target_tables {
+        // A first load that never finished may have set foreign keys of the target tables
+        // aside; the tables stay, so they get their keys back before the record goes.
+        let restored = crate::backfill::foreign_keys::restore_unfinished(
+            &client,
+            settings.target.lock_timeout_ms,
+        )
+        .await
+        .map_err(|e| TeardownError::Query {
+            context: "adding back the foreign keys an unfinished first load set aside",
+            message: e.to_string(),
+        })?;
+        if restored > 0 {
+            report.restored.push(format!(
+                "{restored} foreign keys of the target tables that an unfinished first load \
+                 had set aside"
+            ));
+        }
+    }
     if exists {
         client
             .batch_execute(&format!(

@@ -67,7 +67,10 @@ impl SourceError {
             }
             SourceError::Query { sqlstate, .. } => match sqlstate.as_deref() {
                 None => ErrorKind::Transient,
-                Some(code) if is_transient_sqlstate(code) => ErrorKind::Transient,
+                // An unfinished load's slot still held by its walsender, which is exiting.
+                Some(code) if code == "55006" || is_transient_sqlstate(code) => {
+                    ErrorKind::Transient
+                }
                 Some(_) => ErrorKind::Fatal,
             },
             SourceError::BadUrl(_)

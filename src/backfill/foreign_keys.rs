@@ -1,0 +1,327 @@
+//! The target tables' foreign keys into legacy tables (`workspaces`, `custom_fields`,
+//! `auth.users`), set aside while the first load copies.
+//!
+//! Checked row by row, these keys cost the load more than everything else together: every
+//! row copied runs one lookup (and row lock) in the referenced table per key. Dropping them
+//! inside the load's own transaction is no option: dropping a foreign key takes an ACCESS
+//! EXCLUSIVE lock on the *referenced* table, held until commit, which would stop the
+//! application's reads and writes of `workspaces` for the whole load.
+//!
+//! So they are dropped in a short transaction of their own before the load, their
+//! definitions recorded in `leadsync.deferred_constraints` in that same transaction, and
+//! added back — validated — by the load's transaction right before it commits, where
+//! validation is one join per key instead of one lookup per row. Every lock on a legacy table
+//! is asked for with `lock_timeout` (`target.lock_timeout_ms`): one not granted in time is
+//! given up and asked for again after a pause, so the application's sessions never queue
+//! behind leadsync for longer than that.
+//!
+//! Between the two transactions the load holds the target tables (it sets their keys aside),
+//! so no row gets in unchecked. A parent row deleted while the load runs (a workspace, a
+//! custom field) fails the validation: the load starts again on a fresh snapshot, which no
+//! longer has its children. A crash in between leaves the definitions recorded: the next first
+//! load adds them back, and so does `leadsync teardown` when it keeps the target tables.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::apply::{ApplyError, db_error};
+use crate::config::Settings;
+use crate::control::Shutdown;
+use crate::db::quote_ident;
+use crate::schema::TARGET_TABLES;
+
+/// Longest pause between two attempts at a lock that was not granted.
+const MAX_LOCK_PAUSE: Duration = Duration::from_secs(5);
+
+/// SQLSTATE of a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// SQLSTATE of a foreign key violation.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// The target tables, schema-qualified.
+fn target_tables(settings: &Settings) -> Vec<String> {
+    let t = quote_ident(&settings.target.schema);
+    TARGET_TABLES
+        .iter()
+        .map(|table| format!("{t}.{}", quote_ident(table)))
+        .collect()
+}
+
+/// The legacy tables whose keys the load fills in, the ones worth setting aside, as
+/// `schema.table` (compared with the catalog's names: resolving `auth.users` by name would
+/// need USAGE on `auth`, which a role may lack).
+fn referenced_tables(settings: &Settings) -> Vec<String> {
+    let s = &settings.source.schema;
+    vec![
+        format!("{s}.workspaces"),
+        format!("{s}.custom_fields"),
+        "auth.users".to_owned(),
+    ]
+}
+
+/// The foreign keys of the target tables ($1) into the legacy tables ($2), with whether the
+/// session could add each back: REFERENCES on the table and USAGE on its schema.
+const LEGACY_KEYS: &str = "
+    SELECT format('%I.%I', n.nspname, r.relname) AS table_name, c.conname::text,
+           pg_get_constraintdef(c.oid) AS definition,
+           format('%I.%I', fn.nspname, f.relname) AS referenced,
+           has_table_privilege(f.oid, 'REFERENCES')
+             AND has_schema_privilege(fn.oid, 'USAGE') AS restorable
+    FROM pg_constraint c
+    JOIN pg_class r ON r.oid = c.conrelid
+    JOIN pg_namespace n ON n.oid = r.relnamespace
+    JOIN pg_class f ON f.oid = c.confrelid
+    JOIN pg_namespace fn ON fn.oid = f.relnamespace
+    WHERE c.contype = 'f' AND c.conrelid = ANY($1::text[]::regclass[])
+      AND fn.nspname || '.' || f.relname = ANY($2::text[])";
+
+/// Drops the target tables' foreign keys into legacy tables in a transaction of its own,
+/// recording their definitions, so the load copies without checking them row by row. Keys
+/// into a table the session may not reference (no REFERENCES privilege, so it could not add
+/// them back) stay and are checked as before. Returns `None` when shutdown came while
+/// waiting for a lock (nothing changed), else how many keys are now set aside.
+pub async fn set_aside(
+    client: &Client,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<Option<u64>, ApplyError> {
+    let tables = target_tables(settings);
+    let referenced = referenced_tables(settings);
+    let kept: Vec<String> = client
+        .query(
+            &format!(
+                "SELECT DISTINCT referenced FROM ({LEGACY_KEYS}) k WHERE NOT restorable ORDER BY 1"
+            ),
+            &[&tables, &referenced],
+        )
+        .await
+        .map_err(db_error("reading the target tables' foreign keys"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !kept.is_empty() {
+        tracing::info!(
+            tables = %kept.join(", "),
+            "the first load checks foreign keys into these tables row by row: no REFERENCES \
+             and USAGE privileges to add the keys back (see `leadsync setup --print-grants`)"
+        );
+    }
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match try_set_aside(client, settings, &tables, &referenced).await {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if is_lock_timeout(&e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                tracing::warn!(
+                    retry_in = ?pause,
+                    "a legacy table (workspaces, custom_fields, auth.users) is busy: its lock \
+                     was not granted within target.lock_timeout_ms; trying again"
+                );
+                if !wait(pause, shutdown).await {
+                    return Ok(None);
+                }
+                pause = (pause * 2).min(MAX_LOCK_PAUSE);
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn try_set_aside(
+    client: &Client,
+    settings: &Settings,
+    tables: &[String],
+    referenced: &[String],
+) -> Result<u64, ApplyError> {
+    // An empty search path makes pg_get_constraintdef qualify every table it names, so the
+    // recorded definitions mean the same whatever the session that adds them back.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL search_path = pg_catalog",
+            settings.target.lock_timeout_ms
+        ))
+        .await
+        .map_err(db_error("setting foreign keys aside"))?;
+    let keys = client
+        .query(
+            &format!(
+                "SELECT table_name, conname, definition FROM ({LEGACY_KEYS}) k
+                 WHERE restorable ORDER BY 1, 2"
+            ),
+            &[&tables, &referenced],
+        )
+        .await
+        .map_err(db_error("reading the target tables' foreign keys"))?;
+    let (mut names, mut constraints, mut definitions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut drops = String::new();
+    for row in &keys {
+        let (table, name, definition): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        drops.push_str(&format!(
+            "ALTER TABLE {table} DROP CONSTRAINT {};\n",
+            quote_ident(&name)
+        ));
+        names.push(table);
+        constraints.push(name);
+        definitions.push(definition);
+    }
+    // Recorded before they are dropped, in the same transaction: a crash never loses one.
+    client
+        .execute(
+            "INSERT INTO leadsync.deferred_constraints (table_name, constraint_name, definition)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT DO NOTHING",
+            &[&names, &constraints, &definitions],
+        )
+        .await
+        .map_err(db_error("recording the foreign keys set aside"))?;
+    if !drops.is_empty() {
+        client
+            .batch_execute(&drops)
+            .await
+            .map_err(db_error("setting foreign keys aside"))?;
+    }
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
+        .await
+        .map_err(db_error("counting the foreign keys set aside"))?
+        .get(0);
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(db_error("setting foreign keys aside"))?;
+    Ok(total as u64)
+}
+
+/// Adds back, validated, every foreign key recorded as set aside, inside the caller's open
+/// transaction, and forgets them. Returns how many. A lock not granted within
+/// `lock_timeout_ms` is given up and asked for again after a pause (until shutdown); a key
+/// that no longer holds (its parent row was deleted meanwhile) is [`ApplyError::LoadRaced`].
+pub async fn restore(
+    client: &Client,
+    lock_timeout_ms: u64,
+    shutdown: Option<&Shutdown>,
+) -> Result<u64, ApplyError> {
+    let rows = client
+        .query(
+            "SELECT table_name, constraint_name, definition FROM leadsync.deferred_constraints
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(db_error("reading the foreign keys set aside"))?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sql =
+        format!("SAVEPOINT leadsync_foreign_keys; SET LOCAL lock_timeout = {lock_timeout_ms};\n");
+    for row in &rows {
+        let (table, name, definition): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        sql.push_str(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {} {definition};\n",
+            quote_ident(&name)
+        ));
+    }
+    sql.push_str(
+        "SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT leadsync_foreign_keys;
+         DELETE FROM leadsync.deferred_constraints;",
+    );
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let Err(e) = client.batch_execute(&sql).await else {
+            return Ok(rows.len() as u64);
+        };
+        let code = e.code().map(|c| c.code().to_owned());
+        if code.is_some() {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT leadsync_foreign_keys")
+                .await
+                .map_err(db_error("adding the foreign keys back"))?;
+        }
+        match code.as_deref() {
+            Some(LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(
+                    retry_in = ?pause,
+                    "adding the foreign keys back: a legacy table (workspaces, custom_fields, \
+                     auth.users) is busy and its lock was not granted within \
+                     target.lock_timeout_ms; trying again"
+                );
+                let go_on = match shutdown {
+                    Some(shutdown) => wait(pause, shutdown).await,
+                    None => {
+                        tokio::time::sleep(pause).await;
+                        true
+                    }
+                };
+                if !go_on {
+                    return Err(ApplyError::Db {
+                        context: "adding the foreign keys back",
+                        message: "stopped while waiting for a lock on a legacy table; the \
+                                  next run starts the first load again"
+                            .into(),
+                        sqlstate: None,
+                    });
+                }
+                pause = (pause * 2).min(MAX_LOCK_PAUSE);
+            }
+            Some(FOREIGN_KEY_VIOLATION) => {
+                return Err(ApplyError::LoadRaced(crate::db::error_text(&e)));
+            }
+            _ => return Err(db_error("adding the foreign keys back")(e)),
+        }
+    }
+}
+
+/// Adds back what a first load that never finished set aside, in a transaction of its own.
+pub async fn restore_unfinished(client: &Client, lock_timeout_ms: u64) -> Result<u64, ApplyError> {
+    let recorded: bool = client
+        .query_one(
+            "SELECT to_regclass('leadsync.deferred_constraints') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db_error("looking for foreign keys set aside"))?
+        .get(0);
+    if !recorded {
+        return Ok(0);
+    }
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(db_error("adding the foreign keys back"))?;
+    match restore(client, lock_timeout_ms, None).await {
+        Ok(n) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(db_error("adding the foreign keys back"))?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+fn is_lock_timeout(e: &ApplyError) -> bool {
+    matches!(e, ApplyError::Db { sqlstate: Some(code), .. } if code == LOCK_NOT_AVAILABLE)
+}
+
+/// Sleeps `pause`; false when shutdown came first.
+async fn wait(pause: Duration, shutdown: &Shutdown) -> bool {
+    let mut shutdown = shutdown.clone();
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = shutdown.changed() => false,
+    }
+}
