@@ -131,6 +131,9 @@ async fn writes_during_the_first_load_are_neither_lost_nor_applied_twice() {
 async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_recovers() {
     let db = TestDb::spawn_ready(20_000).await;
     let client = db.client().await;
+    let schema_before = schema_dump(db.port(), &db.name);
+    let keys_before = legacy_foreign_keys(&client).await;
+    assert_eq!(keys_before.len(), 18, "{keys_before:?}");
     let mut daemon = Daemon::start(BIN, &daemon_env(&db));
     // Wait until the load is under way (the slot exists, nothing committed yet).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -158,6 +161,15 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
         "the kill must land inside the load: {}",
         daemon.log()
     );
+    // The foreign keys into legacy tables were set aside before the snapshot and are
+    // recorded, not lost.
+    assert!(legacy_foreign_keys(&client).await.is_empty());
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 18);
     client
         .batch_execute("UPDATE contacts SET lead_status = 'revived' WHERE id = (SELECT id FROM contacts ORDER BY id LIMIT 1)")
         .await
@@ -184,4 +196,175 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
         slots, 1,
         "the unfinished load's slot was replaced, not added to"
     );
+    assert_eq!(legacy_foreign_keys(&client).await, keys_before);
+    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+}
+
+/// The target tables' foreign keys into legacy tables, as `table name definition valid`.
+async fn legacy_foreign_keys(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT format('%s %s %s %s', conrelid::regclass, conname,
+                           pg_get_constraintdef(oid), convalidated)
+             FROM pg_constraint
+             WHERE contype = 'f'
+               AND conrelid IN ('customers'::regclass, 'leads'::regclass,
+                                'appointments'::regclass, 'customer_custom_fields'::regclass,
+                                'lead_custom_fields'::regclass,
+                                'appointment_custom_fields'::regclass)
+               AND confrelid IN ('workspaces'::regclass, 'custom_fields'::regclass,
+                                 'auth.users'::regclass)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Waits until the first load has set the foreign keys aside (committed).
+async fn wait_keys_set_aside(db: &TestDb, daemon: &Daemon) {
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let recorded: i64 = client
+            .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if recorded > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_busy_legacy_table_delays_the_first_load_but_never_blocks_the_application() {
+    let db = TestDb::spawn_ready(3000).await;
+    let client = db.client().await;
+    let schema_before = schema_dump(db.port(), &db.name);
+    // The application holds a write lock on workspaces in a transaction left open.
+    let app = db.client().await;
+    app.batch_execute("BEGIN; INSERT INTO workspaces (name) VALUES ('opened during the load')")
+        .await
+        .unwrap();
+    let mut env = daemon_env(&db);
+    env.push(("LEADSYNC_TARGET__LOCK_TIMEOUT_MS".into(), "100".into()));
+    let daemon = Daemon::start(BIN, &env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("is busy") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While leadsync waits, the application keeps writing contacts (their foreign key
+    // checks lock workspaces rows) and reading workspaces: each waits at most one
+    // lock_timeout behind leadsync's request, never for the open transaction.
+    let other = db.client().await;
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        other
+            .batch_execute(&format!(
+                "INSERT INTO contacts (workspace_id, firstname, lead_status)
+                 SELECT id, 'during {i}', 'new' FROM workspaces ORDER BY id LIMIT 1;
+                 SELECT count(*) FROM workspaces"
+            ))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a legacy write waited {:?}",
+            started.elapsed()
+        );
+    }
+    let phase: String = client
+        .query_one("SELECT phase FROM leadsync.sync_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phase, "backfill", "the load must still be waiting");
+    app.batch_execute("COMMIT").await.unwrap();
+
+    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
+        .await;
+    db.assert_projection(&db.settings()).await;
+    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+}
+
+#[tokio::test]
+async fn a_parent_row_deleted_during_the_first_load_starts_it_again_and_nothing_dangles() {
+    let db = TestDb::spawn_ready(5000).await;
+    let client = db.client().await;
+    let schema_before = schema_dump(db.port(), &db.name);
+    // Hold the load at its copy of leadsync's state (after the keys are set aside and the
+    // snapshot is taken) until the workspace is gone.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE leadsync.contacts IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let daemon = Daemon::start(BIN, &daemon_env(&db));
+    wait_keys_set_aside(&db, &daemon).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !daemon.log().contains("slot created") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The busiest workspace goes, with its contacts and custom fields (legacy cascades).
+    let workspace: uuid::Uuid = client
+        .query_one(
+            "SELECT workspace_id FROM contacts GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute("DELETE FROM workspaces WHERE id = $1", &[&workspace])
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
+        .await;
+    assert!(
+        daemon.log().contains("first load starts again"),
+        "{}",
+        daemon.log()
+    );
+    db.assert_projection(&db.settings()).await;
+    let dangling: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM customers WHERE workspace_id = $1)
+                  + (SELECT count(*) FROM leads WHERE workspace_id = $1)",
+            &[&workspace],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dangling, 0);
+    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+}
+
+#[tokio::test]
+async fn teardown_after_an_unfinished_first_load_gives_the_target_tables_their_keys_back() {
+    let db = TestDb::spawn_ready(20_000).await;
+    let client = db.client().await;
+    let keys_before = legacy_foreign_keys(&client).await;
+    let mut daemon = Daemon::start(BIN, &daemon_env(&db));
+    wait_keys_set_aside(&db, &daemon).await;
+    daemon.kill();
+    assert!(legacy_foreign_keys(&client).await.is_empty());
+    db.wait_slot_released().await;
+    let report = leadsync::cmd::teardown::run_teardown(&db.settings(), Default::default())
+        .await
+        .unwrap();
+    assert!(
+        report.to_string().contains("added back 18 foreign keys"),
+        "{report}"
+    );
+    assert_eq!(legacy_foreign_keys(&client).await, keys_before);
 }
