@@ -221,6 +221,14 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
     let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
     db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
     db.assert_projection(&settings).await;
+    // Its REFERENCES grants let it set the keys into legacy tables aside and add them back.
+    for needle in [
+        "set aside for the first load",
+        "keys=18",
+        "added back and validated keys=18",
+    ] {
+        assert!(daemon.log().contains(needle), "{}", daemon.log());
+    }
     // CREATE on the target schema served the first load's index rebuild; streaming does
     // without it.
     admin
@@ -488,24 +496,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
 async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
     let db = TestDb::spawn().await;
     let admin = db.client().await;
-    let roles = Roles::for_db(&db);
-    let settings = db.settings();
-    leadsync::fixtures::generate_demo_data(&admin, 50)
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
-        .await
-        .unwrap();
-    // setup as a superuser hands over just the same.
-    run_setup_with(
-        &settings,
-        &SetupOptions {
-            runtime_role: Some(roles.runtime.clone()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let roles = roles_set_up(&db, &admin).await;
 
     // Without SELECT on a legacy table the first load cannot read it.
     admin
@@ -558,6 +549,71 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         &roles.runtime,
         &["Missing privilege: the REPLICATION attribute"],
     );
+
+    roles.drop(&admin).await;
+}
+
+/// Demo data, the roles with every grant, and setup (as a superuser) handing the runtime
+/// role its tables.
+async fn roles_set_up(db: &TestDb, admin: &tokio_postgres::Client) -> Roles {
+    let roles = Roles::for_db(db);
+    let settings = db.settings();
+    leadsync::fixtures::generate_demo_data(admin, 50)
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
+        .await
+        .unwrap();
+    // setup as a superuser hands over just the same.
+    run_setup_with(
+        &settings,
+        &SetupOptions {
+            runtime_role: Some(roles.runtime.clone()),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    roles
+}
+
+#[tokio::test]
+async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row_by_row() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = roles_set_up(&db, &admin).await;
+    let settings = db.settings();
+    // Without REFERENCES on auth.users the first load cannot add the keys into it back:
+    // it keeps those 12 (checked row by row), sets the other 6 aside, and the schema ends whole.
+    admin
+        .batch_execute(&format!(
+            "REVOKE REFERENCES ON auth.users FROM {r};",
+            r = roles.runtime
+        ))
+        .await
+        .unwrap();
+    let keys = "SELECT count(*) FILTER (WHERE convalidated), count(*) FROM pg_constraint
+                WHERE contype = 'f' AND confrelid IN ('workspaces'::regclass,
+                      'custom_fields'::regclass, 'auth.users'::regclass)
+                  AND conrelid IN ('customers'::regclass, 'leads'::regclass,
+                      'appointments'::regclass, 'customer_custom_fields'::regclass,
+                      'lead_custom_fields'::regclass, 'appointment_custom_fields'::regclass)";
+    let count = |row: tokio_postgres::Row| (row.get::<_, i64>(0), row.get::<_, i64>(1));
+    let before = count(admin.query_one(keys, &[]).await.unwrap());
+    assert_eq!(before, (18, 18));
+    {
+        let daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
+        db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+        db.assert_projection(&settings).await;
+        let log = daemon.log();
+        assert!(
+            log.contains("checks foreign keys into these tables row by row"),
+            "{log}"
+        );
+        assert!(log.contains("tables=auth.users"), "{log}");
+        assert!(log.contains("added back and validated keys=6"), "{log}");
+    }
+    assert_eq!(count(admin.query_one(keys, &[]).await.unwrap()), before);
     roles.drop(&admin).await;
 }
 

@@ -104,8 +104,9 @@ pub async fn set_aside(
     if !kept.is_empty() {
         tracing::info!(
             tables = %kept.join(", "),
-            "the first load checks foreign keys into these tables row by row: no REFERENCES \
-             and USAGE privileges to add the keys back (see `leadsync setup --print-grants`)"
+            "the first load checks foreign keys into these tables row by row: it could not \
+             add them back without REFERENCES on the tables and USAGE on their schema \
+             (see `leadsync setup --print-grants`)"
         );
     }
     let mut pause = Duration::from_millis(250);
