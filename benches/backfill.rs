@@ -384,6 +384,11 @@ impl Bench {
                 detail.push(("rebuild indexes+FKs, ANALYZE".into(), s));
             }
         }
+        for f in log_fields(&log, "added back and validated") {
+            if let Some(s) = f.get("seconds").and_then(|s| s.parse().ok()) {
+                detail.push(("add back + validate FKs into legacy tables".into(), s));
+            }
+        }
         let committed = log_fields(&log, "first load committed");
         let daemon_seconds = committed
             .first()

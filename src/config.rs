@@ -708,6 +708,34 @@ mod tests {
         );
         assert_eq!(s.metrics.listen, "127.0.0.1:9187");
         assert_eq!(s.log.format, LogFormat::Text);
+        assert!(s.target.defer_legacy_foreign_keys);
+        assert_eq!(s.target.lock_timeout_ms, 500);
+    }
+
+    #[test]
+    fn lock_settings_come_from_the_environment_and_a_zero_timeout_is_refused() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LEADSYNC_SOURCE__URL", "postgres://h/db"),
+                ("LEADSYNC_TARGET__DEFER_LEGACY_FOREIGN_KEYS", "false"),
+                ("LEADSYNC_TARGET__LOCK_TIMEOUT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        s.validate().unwrap();
+        assert!(!s.target.defer_legacy_foreign_keys);
+        assert_eq!(s.target.lock_timeout_ms, 250);
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LEADSYNC_SOURCE__URL", "postgres://h/db"),
+                ("LEADSYNC_TARGET__LOCK_TIMEOUT_MS", "0"),
+            ]),
+        )
+        .unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("target.lock_timeout_ms"), "{err}");
     }
 
     #[test]
