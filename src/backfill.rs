@@ -325,8 +325,12 @@ pub async fn load(
         "first load: indexes and constraints rebuilt, tables analysed"
     );
     let validate = Instant::now();
-    let restored =
-        foreign_keys::restore(apply, settings.target.lock_timeout_ms, Some(shutdown)).await?;
+    let restored = foreign_keys::restore(
+        apply,
+        settings.target.lock_timeout_ms,
+        foreign_keys::LockWait::UntilShutdown(shutdown),
+    )
+    .await?;
     if restored > 0 {
         tracing::info!(
             keys = restored,

@@ -199,14 +199,25 @@ async fn try_set_aside(
     Ok(total as u64)
 }
 
+/// How long [`restore`] keeps asking for locks that are not granted in time.
+#[derive(Clone, Copy)]
+pub enum LockWait<'a> {
+    /// Until granted or shutdown.
+    UntilShutdown(&'a Shutdown),
+    /// Until granted (an operator's command, which they can interrupt).
+    Forever,
+    /// One attempt: a busy table leaves the keys recorded for later.
+    Once,
+}
+
 /// Adds back, validated, every foreign key recorded as set aside, inside the caller's open
 /// transaction, and forgets them. Returns how many. A lock not granted within
-/// `lock_timeout_ms` is given up and asked for again after a pause (until shutdown); a key
+/// `lock_timeout_ms` is given up and asked for again after a pause, as `wait` says; a key
 /// that no longer holds (its parent row was deleted meanwhile) is [`ApplyError::LoadRaced`].
 pub async fn restore(
     client: &Client,
     lock_timeout_ms: u64,
-    shutdown: Option<&Shutdown>,
+    lock_wait: LockWait<'_>,
 ) -> Result<u64, ApplyError> {
     let rows = client
         .query(
@@ -253,18 +264,20 @@ pub async fn restore(
                      auth.users) is busy and its lock was not granted within \
                      target.lock_timeout_ms; trying again"
                 );
-                let go_on = match shutdown {
-                    Some(shutdown) => wait(pause, shutdown).await,
-                    None => {
+                let go_on = match lock_wait {
+                    LockWait::UntilShutdown(shutdown) => wait(pause, shutdown).await,
+                    LockWait::Forever => {
                         tokio::time::sleep(pause).await;
                         true
                     }
+                    LockWait::Once => false,
                 };
                 if !go_on {
                     return Err(ApplyError::Db {
                         context: "adding the foreign keys back",
-                        message: "stopped while waiting for a lock on a legacy table; the \
-                                  next run starts the first load again"
+                        message: "gave up waiting for a lock on a legacy table; the keys stay \
+                                  recorded in leadsync.deferred_constraints, and the next first \
+                                  load (or `leadsync teardown`) adds them back"
                             .into(),
                         sqlstate: None,
                     });
@@ -280,7 +293,11 @@ pub async fn restore(
 }
 
 /// Adds back what a first load that never finished set aside, in a transaction of its own.
-pub async fn restore_unfinished(client: &Client, lock_timeout_ms: u64) -> Result<u64, ApplyError> {
+pub async fn restore_unfinished(
+    client: &Client,
+    lock_timeout_ms: u64,
+    lock_wait: LockWait<'_>,
+) -> Result<u64, ApplyError> {
     let recorded: bool = client
         .query_one(
             "SELECT to_regclass('leadsync.deferred_constraints') IS NOT NULL",
@@ -296,7 +313,7 @@ pub async fn restore_unfinished(client: &Client, lock_timeout_ms: u64) -> Result
         .batch_execute("BEGIN")
         .await
         .map_err(db_error("adding the foreign keys back"))?;
-    match restore(client, lock_timeout_ms, None).await {
+    match restore(client, lock_timeout_ms, lock_wait).await {
         Ok(n) => {
             client
                 .batch_execute("COMMIT")

@@ -270,6 +270,30 @@ async fn first_load(
             ),
         }
     }
+    let loaded = load_from_new_slot(settings, applier, shutdown).await;
+    if loaded.is_err() {
+        // Until the next load, the target tables get their keys back if the session still
+        // works and the legacy tables are free; otherwise the keys stay recorded for it.
+        let _ = applier.rollback().await;
+        let restored = backfill::foreign_keys::restore_unfinished(
+            applier.client(),
+            settings.target.lock_timeout_ms,
+            backfill::foreign_keys::LockWait::Once,
+        )
+        .await;
+        if let Err(e) = restored {
+            tracing::warn!(error = %e, "the foreign keys set aside for the failed first load stay recorded; the next first load adds them back");
+        }
+    }
+    loaded
+}
+
+/// The first load proper: slot, snapshot, load, commit with the checkpoint.
+async fn load_from_new_slot(
+    settings: &Settings,
+    applier: &mut Applier,
+    shutdown: &Shutdown,
+) -> Result<ReplicationClient, RunError> {
     let created = source::create_slot(settings).await?;
     tracing::info!(
         slot = %settings.slot.name,

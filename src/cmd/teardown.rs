@@ -179,6 +179,7 @@ pub async fn run_teardown(
         let restored = crate::backfill::foreign_keys::restore_unfinished(
             &client,
             settings.target.lock_timeout_ms,
+            crate::backfill::foreign_keys::LockWait::Forever,
         )
         .await
         .map_err(|e| TeardownError::Query {
