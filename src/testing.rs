@@ -328,6 +328,19 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub async fn wait_log(&self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log after {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether the process has exited, and how.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait for leadsync")
@@ -463,6 +476,19 @@ impl TestDb {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// The workspace with the most contacts.
+    pub async fn busiest_workspace(&self) -> uuid::Uuid {
+        self.client()
+            .await
+            .query_one(
+                "SELECT workspace_id FROM contacts GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("read the busiest workspace")
+            .get(0)
     }
 
     /// A fresh database with `contacts` generated contacts, `leadsync setup` done, and some

@@ -136,14 +136,9 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
     assert_eq!(keys_before.len(), 18, "{keys_before:?}");
     let mut daemon = Daemon::start(BIN, &daemon_env(&db));
     // Wait until the load is under way (the slot exists, nothing committed yet).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if daemon.log().contains("slot created") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon
+        .wait_log("slot created", Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.kill();
     let row = client
@@ -255,11 +250,7 @@ async fn a_busy_legacy_table_delays_the_first_load_but_never_blocks_the_applicat
     let mut env = daemon_env(&db);
     env.push(("LEADSYNC_TARGET__LOCK_TIMEOUT_MS".into(), "100".into()));
     let daemon = Daemon::start(BIN, &env);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !daemon.log().contains("is busy") {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon.wait_log("is busy", Duration::from_secs(30)).await;
     // While leadsync waits, the application keeps writing contacts (their foreign key
     // checks lock workspaces rows) and reading workspaces: each waits at most one
     // lock_timeout behind leadsync's request, never for the open transaction.
@@ -307,21 +298,11 @@ async fn a_parent_row_deleted_during_the_first_load_starts_it_again_and_nothing_
         .await
         .unwrap();
     let daemon = Daemon::start(BIN, &daemon_env(&db));
-    wait_keys_set_aside(&db, &daemon).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !daemon.log().contains("slot created") {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    daemon
+        .wait_log("slot created", Duration::from_secs(60))
+        .await;
     // The busiest workspace goes, with its contacts and custom fields (legacy cascades).
-    let workspace: uuid::Uuid = client
-        .query_one(
-            "SELECT workspace_id FROM contacts GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let workspace = db.busiest_workspace().await;
     client
         .execute("DELETE FROM workspaces WHERE id = $1", &[&workspace])
         .await

@@ -172,11 +172,7 @@ async fn a_standby_takes_over_when_the_active_daemon_dies() {
     db.wait_caught_up(Duration::from_secs(60), &|| first.log())
         .await;
     let second = Daemon::start(BIN, &daemon_env(&db));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !second.log().contains("standby") {
-        assert!(std::time::Instant::now() < deadline, "{}", second.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    second.wait_log("standby", Duration::from_secs(20)).await;
     first.kill();
     let client = db.client().await;
     client

@@ -56,14 +56,7 @@ async fn resync_repairs_damaged_rows_while_writes_continue() {
         .await;
 
     // The largest workspace, damaged in every way validation can find.
-    let workspace: uuid::Uuid = client
-        .query_one(
-            "SELECT workspace_id FROM contacts GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let workspace = db.busiest_workspace().await;
     let w = workspace.to_string();
     client
         .batch_execute(&format!(

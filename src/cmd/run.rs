@@ -109,7 +109,11 @@ pub async fn run(
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = Duration::from_secs(1);
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
+                if let RunError::Apply(ApplyError::LoadRaced(_)) = e {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "starting the first load again on a fresh snapshot");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
+                }
                 status.update(|s| {
                     s.state = State::Reconnecting;
                     s.last_error = Some(e.to_string());
