@@ -327,7 +327,7 @@ pub async fn load(
     let validate = Instant::now();
     let restored = foreign_keys::restore(
         apply,
-        settings.target.lock_timeout_ms,
+        settings,
         foreign_keys::LockWait::UntilShutdown(shutdown),
     )
     .await?;

@@ -349,3 +349,71 @@ async fn teardown_after_an_unfinished_first_load_gives_the_target_tables_their_k
     );
     assert_eq!(legacy_foreign_keys(&client).await, keys_before);
 }
+
+#[tokio::test]
+async fn an_application_session_waiting_for_the_new_tables_makes_the_load_yield() {
+    let db = TestDb::spawn_ready(3000).await;
+    let client = db.client().await;
+    let schema_before = schema_dump(db.port(), &db.name);
+    // Hold the load before it adds the keys back.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE leadsync.contacts IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let mut env = daemon_env(&db);
+    env.push(("LEADSYNC_TARGET__LOCK_TIMEOUT_MS".into(), "100".into()));
+    let daemon = Daemon::start(BIN, &env);
+    daemon
+        .wait_log("slot created", Duration::from_secs(60))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'customers'::regclass
+                                AND mode = 'AccessExclusiveLock' AND granted)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The application writes a workspace, then reads the new tables in the same
+    // transaction: it waits for the load, which will need that workspaces lock to finish.
+    let app = db.client().await;
+    app.batch_execute("BEGIN; INSERT INTO workspaces (name) VALUES ('app')")
+        .await
+        .unwrap();
+    let read = tokio::spawn(async move {
+        let customers: i64 = app
+            .query_one("SELECT count(*) FROM customers", &[])
+            .await
+            .unwrap()
+            .get(0);
+        app.batch_execute("COMMIT").await.unwrap();
+        customers
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    // The load gives way (its rows roll back, the reader sees none) instead of waiting for
+    // a session that waits for it.
+    let customers = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("the application waited for good:\n{}", daemon.log()))
+        .unwrap();
+    assert_eq!(customers, 0);
+    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
+        .await;
+    let log = daemon.log();
+    assert!(log.contains("waits for the new tables"), "{log}");
+    assert!(log.contains("the first load starts again"), "{log}");
+    db.assert_projection(&db.settings()).await;
+    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+}

@@ -72,14 +72,12 @@ pub enum ApplyError {
     /// certificate the server or leadsync refuses).
     #[error("{0}; not retried: fix source.url (or the PGSSL* variables) and restart")]
     Settings(String),
-    /// A parent row the first load refers to (a workspace, a custom field, a user) was
-    /// deleted while the load ran: its foreign keys do not validate. The load starts again
-    /// on a fresh snapshot, which no longer has the children.
-    #[error(
-        "a row the first load refers to was deleted while it ran ({0}); the first load starts \
-         again"
-    )]
-    LoadRaced(String),
+    /// The first load cannot finish as it is and starts again on a fresh snapshot: a parent
+    /// row it refers to (a workspace, a custom field, a user) was deleted while it ran, so its
+    /// foreign keys do not validate, or an application session holds a legacy table the load
+    /// needs while it waits for the new tables the load holds.
+    #[error("{0}; the first load starts again")]
+    LoadRestart(String),
 }
 
 impl ApplyError {
@@ -93,7 +91,7 @@ impl ApplyError {
                 Some(code) if is_bad_row_sqlstate(code) => ErrorKind::BadRow,
                 Some(_) => ErrorKind::Fatal,
             },
-            ApplyError::Locked { .. } | ApplyError::LoadRaced(_) => ErrorKind::Transient,
+            ApplyError::Locked { .. } | ApplyError::LoadRestart(_) => ErrorKind::Transient,
             ApplyError::NoOrigin(_) | ApplyError::Stopped(_) | ApplyError::Settings(_) => {
                 ErrorKind::Fatal
             }

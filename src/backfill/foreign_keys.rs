@@ -40,6 +40,29 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// SQLSTATE of a foreign key violation.
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 
+/// Every lock mode: all of them conflict with the ACCESS EXCLUSIVE lock of dropping a key.
+const ALL_MODES: &[&str] = &[
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+];
+
+/// The modes that conflict with SHARE ROW EXCLUSIVE, the lock of adding a key back: writes
+/// of the table, not reads.
+const SHARE_ROW_EXCLUSIVE_CONFLICTS: &[&str] = &[
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+];
+
 /// The target tables, schema-qualified.
 fn target_tables(settings: &Settings) -> Vec<String> {
     let t = quote_ident(&settings.target.schema);
@@ -115,8 +138,10 @@ pub async fn set_aside(
             Ok(n) => return Ok(Some(n)),
             Err(e) if is_lock_timeout(&e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
+                let holders = lock_holders(client, settings, ALL_MODES).await?;
                 tracing::warn!(
                     retry_in = ?pause,
+                    holders = %describe(&holders),
                     "a legacy table (workspaces, custom_fields, auth.users) is busy: its lock \
                      was not granted within target.lock_timeout_ms; trying again"
                 );
@@ -212,13 +237,16 @@ pub enum LockWait<'a> {
 
 /// Adds back, validated, every foreign key recorded as set aside, inside the caller's open
 /// transaction, and forgets them. Returns how many. A lock not granted within
-/// `lock_timeout_ms` is given up and asked for again after a pause, as `wait` says; a key
-/// that no longer holds (its parent row was deleted meanwhile) is [`ApplyError::LoadRaced`].
+/// `target.lock_timeout_ms` is given up and asked for again after a pause, as `lock_wait`
+/// says. [`ApplyError::LoadRestart`] when a key no longer holds (its parent row was deleted
+/// meanwhile), or when a session holding a legacy table waits for this transaction (it
+/// touched the new tables, which the first load holds): neither can end while the load waits.
 pub async fn restore(
     client: &Client,
-    lock_timeout_ms: u64,
+    settings: &Settings,
     lock_wait: LockWait<'_>,
 ) -> Result<u64, ApplyError> {
+    let lock_timeout_ms = settings.target.lock_timeout_ms;
     let rows = client
         .query(
             "SELECT table_name, constraint_name, definition FROM leadsync.deferred_constraints
@@ -258,8 +286,16 @@ pub async fn restore(
         }
         match code.as_deref() {
             Some(LOCK_NOT_AVAILABLE) => {
+                let holders = lock_holders(client, settings, SHARE_ROW_EXCLUSIVE_CONFLICTS).await?;
+                if let Some(stuck) = holders.iter().find(|h| h.waits_for_us) {
+                    return Err(ApplyError::LoadRestart(format!(
+                        "adding the foreign keys back: {stuck}, and waits for the new tables, \
+                         which the first load holds"
+                    )));
+                }
                 tracing::warn!(
                     retry_in = ?pause,
+                    holders = %describe(&holders),
                     "adding the foreign keys back: a legacy table (workspaces, custom_fields, \
                      auth.users) is busy and its lock was not granted within \
                      target.lock_timeout_ms; trying again"
@@ -285,7 +321,10 @@ pub async fn restore(
                 pause = (pause * 2).min(MAX_LOCK_PAUSE);
             }
             Some(FOREIGN_KEY_VIOLATION) => {
-                return Err(ApplyError::LoadRaced(crate::db::error_text(&e)));
+                return Err(ApplyError::LoadRestart(format!(
+                    "a row the first load refers to was deleted while it ran ({})",
+                    crate::db::error_text(&e)
+                )));
             }
             _ => return Err(db_error("adding the foreign keys back")(e)),
         }
@@ -295,7 +334,7 @@ pub async fn restore(
 /// Adds back what a first load that never finished set aside, in a transaction of its own.
 pub async fn restore_unfinished(
     client: &Client,
-    lock_timeout_ms: u64,
+    settings: &Settings,
     lock_wait: LockWait<'_>,
 ) -> Result<u64, ApplyError> {
     let recorded: bool = client
@@ -313,7 +352,7 @@ pub async fn restore_unfinished(
         .batch_execute("BEGIN")
         .await
         .map_err(db_error("adding the foreign keys back"))?;
-    match restore(client, lock_timeout_ms, lock_wait).await {
+    match restore(client, settings, lock_wait).await {
         Ok(n) => {
             client
                 .batch_execute("COMMIT")
@@ -326,6 +365,87 @@ pub async fn restore_unfinished(
             Err(e)
         }
     }
+}
+
+/// A session holding a lock on a legacy table that leadsync waits for.
+struct LockHolder {
+    pid: i32,
+    application: String,
+    state: String,
+    /// How long its transaction has been open.
+    seconds: f64,
+    table: String,
+    /// It waits for a lock this session holds.
+    waits_for_us: bool,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "session {} ({}, {}, transaction open {:.0} s) holds a lock on {}",
+            self.pid, self.application, self.state, self.seconds, self.table
+        )
+    }
+}
+
+/// The other sessions holding a lock in one of `modes` on the legacy tables whose keys the
+/// load sets aside, longest-open transaction first, so the warning says whom to look at.
+async fn lock_holders(
+    client: &Client,
+    settings: &Settings,
+    modes: &[&str],
+) -> Result<Vec<LockHolder>, ApplyError> {
+    let modes: Vec<String> = modes.iter().map(|m| (*m).to_owned()).collect();
+    // Inside a transaction the activity view is read once and kept: read it afresh.
+    client
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .map_err(db_error("reading who holds the legacy tables"))?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (a.pid, c.oid) a.pid,
+                    COALESCE(NULLIF(a.application_name, ''), a.usename::text, 'unknown'),
+                    COALESCE(a.state, 'unknown'),
+                    COALESCE(extract(epoch FROM now() - a.xact_start), 0)::float8,
+                    format('%I.%I', n.nspname, c.relname),
+                    pg_backend_pid() = ANY(pg_blocking_pids(a.pid))
+             FROM pg_locks l
+             JOIN pg_class c ON c.oid = l.relation
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+               AND l.mode = ANY($2::text[])
+               AND n.nspname || '.' || c.relname = ANY($1::text[])",
+            &[&referenced_tables(settings), &modes],
+        )
+        .await
+        .map_err(db_error("reading who holds the legacy tables"))?;
+    let mut holders: Vec<LockHolder> = rows
+        .iter()
+        .map(|row| LockHolder {
+            pid: row.get(0),
+            application: row.get(1),
+            state: row.get(2),
+            seconds: row.get(3),
+            table: row.get(4),
+            waits_for_us: row.get(5),
+        })
+        .collect();
+    holders.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(holders)
+}
+
+/// The holders for a log line.
+fn describe(holders: &[LockHolder]) -> String {
+    if holders.is_empty() {
+        return "none left".into();
+    }
+    holders
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn is_lock_timeout(e: &ApplyError) -> bool {

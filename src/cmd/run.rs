@@ -109,7 +109,7 @@ pub async fn run(
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = Duration::from_secs(1);
                 }
-                if let RunError::Apply(ApplyError::LoadRaced(_)) = e {
+                if let RunError::Apply(ApplyError::LoadRestart(_)) = e {
                     tracing::warn!(error = %e, retry_in = ?backoff, "starting the first load again on a fresh snapshot");
                 } else {
                     tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
@@ -281,7 +281,7 @@ async fn first_load(
         let _ = applier.rollback().await;
         let restored = backfill::foreign_keys::restore_unfinished(
             applier.client(),
-            settings.target.lock_timeout_ms,
+            settings,
             backfill::foreign_keys::LockWait::Once,
         )
         .await;

@@ -178,7 +178,7 @@ pub async fn run_teardown(
         // aside; the tables stay, so they get their keys back before the record goes.
         let restored = crate::backfill::foreign_keys::restore_unfinished(
             &client,
-            settings.target.lock_timeout_ms,
+            settings,
             crate::backfill::foreign_keys::LockWait::Forever,
         )
         .await
