@@ -219,6 +219,18 @@ async fn legacy_foreign_keys(client: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
+/// A session that holds the next first load at its copy of leadsync's state — after the
+/// keys are set aside and the snapshot is taken, before the keys come back — until it
+/// commits.
+async fn hold_the_load(db: &TestDb) -> tokio_postgres::Client {
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE leadsync.contacts IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    holder
+}
+
 /// Waits until the first load has set the foreign keys aside (committed).
 async fn wait_keys_set_aside(db: &TestDb, daemon: &Daemon) {
     let client = db.client().await;
@@ -290,13 +302,8 @@ async fn a_parent_row_deleted_during_the_first_load_starts_it_again_and_nothing_
     let db = TestDb::spawn_ready(5000).await;
     let client = db.client().await;
     let schema_before = schema_dump(db.port(), &db.name);
-    // Hold the load at its copy of leadsync's state (after the keys are set aside and the
-    // snapshot is taken) until the workspace is gone.
-    let holder = db.client().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE leadsync.contacts IN ACCESS SHARE MODE")
-        .await
-        .unwrap();
+    // Hold the load until the workspace is gone.
+    let holder = hold_the_load(&db).await;
     let daemon = Daemon::start(BIN, &daemon_env(&db));
     daemon
         .wait_log("slot created", Duration::from_secs(60))
@@ -355,12 +362,7 @@ async fn an_application_session_waiting_for_the_new_tables_makes_the_load_yield(
     let db = TestDb::spawn_ready(3000).await;
     let client = db.client().await;
     let schema_before = schema_dump(db.port(), &db.name);
-    // Hold the load before it adds the keys back.
-    let holder = db.client().await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE leadsync.contacts IN ACCESS SHARE MODE")
-        .await
-        .unwrap();
+    let holder = hold_the_load(&db).await;
     let mut env = daemon_env(&db);
     env.push(("LEADSYNC_TARGET__LOCK_TIMEOUT_MS".into(), "100".into()));
     let daemon = Daemon::start(BIN, &env);

@@ -40,7 +40,8 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// SQLSTATE of a foreign key violation.
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 
-/// Every lock mode: all of them conflict with the ACCESS EXCLUSIVE lock of dropping a key.
+/// Every lock mode, weakest first: all of them conflict with the ACCESS EXCLUSIVE lock of
+/// dropping a key.
 const ALL_MODES: &[&str] = &[
     "AccessShareLock",
     "RowShareLock",
@@ -52,16 +53,9 @@ const ALL_MODES: &[&str] = &[
     "AccessExclusiveLock",
 ];
 
-/// The modes that conflict with SHARE ROW EXCLUSIVE, the lock of adding a key back: writes
-/// of the table, not reads.
-const SHARE_ROW_EXCLUSIVE_CONFLICTS: &[&str] = &[
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-];
+/// The modes that conflict with SHARE ROW EXCLUSIVE, the lock of adding a key back: those
+/// from ROW EXCLUSIVE up (writes of the table, not reads).
+const SHARE_ROW_EXCLUSIVE_CONFLICTS: &[&str] = ALL_MODES.split_at(2).1;
 
 /// The target tables, schema-qualified.
 fn target_tables(settings: &Settings) -> Vec<String> {
