@@ -158,8 +158,8 @@ async fn try_set_aside(
     tables: &[String],
     referenced: &[String],
 ) -> Result<u64, ApplyError> {
-    // An empty search path makes pg_get_constraintdef qualify every table it names, so the
-    // recorded definitions mean the same whatever the session that adds them back.
+    // With only pg_catalog on the search path, pg_get_constraintdef qualifies every table it
+    // names, so the recorded definitions mean the same in whatever session adds them back.
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL search_path = pg_catalog",
