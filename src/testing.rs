@@ -478,6 +478,33 @@ impl TestDb {
         }
     }
 
+    /// The target tables' foreign keys into legacy tables, one `table name definition
+    /// validated` line each, in order.
+    pub async fn legacy_foreign_keys(&self) -> Vec<String> {
+        self.client()
+            .await
+            .query(
+                "SELECT format('%s %s %s %s', conrelid::regclass, conname,
+                               pg_get_constraintdef(oid), convalidated)
+                 FROM pg_constraint
+                 WHERE contype = 'f'
+                   AND conrelid IN ('customers'::regclass, 'leads'::regclass,
+                                    'appointments'::regclass,
+                                    'customer_custom_fields'::regclass,
+                                    'lead_custom_fields'::regclass,
+                                    'appointment_custom_fields'::regclass)
+                   AND confrelid IN ('workspaces'::regclass, 'custom_fields'::regclass,
+                                     'auth.users'::regclass)
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("read the target tables' foreign keys")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
     /// The workspace with the most contacts.
     pub async fn busiest_workspace(&self) -> uuid::Uuid {
         self.client()

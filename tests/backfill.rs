@@ -132,7 +132,7 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
     let db = TestDb::spawn_ready(20_000).await;
     let client = db.client().await;
     let schema_before = schema_dump(db.port(), &db.name);
-    let keys_before = legacy_foreign_keys(&client).await;
+    let keys_before = db.legacy_foreign_keys().await;
     assert_eq!(keys_before.len(), 18, "{keys_before:?}");
     let mut daemon = Daemon::start(BIN, &daemon_env(&db));
     // Wait until the load is under way (the slot exists, nothing committed yet).
@@ -158,7 +158,7 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
     );
     // The foreign keys into legacy tables were set aside before the snapshot and are
     // recorded, not lost.
-    assert!(legacy_foreign_keys(&client).await.is_empty());
+    assert!(db.legacy_foreign_keys().await.is_empty());
     let recorded: i64 = client
         .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
         .await
@@ -171,14 +171,7 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
         .unwrap();
 
     let daemon = Daemon::start(BIN, &daemon_env(&db));
-    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
-        .await;
-    assert!(
-        daemon.log().contains("unfinished first load"),
-        "{}",
-        daemon.log()
-    );
-    db.assert_projection(&db.settings()).await;
+    assert_loaded(&db, &daemon, &["unfinished first load"], &schema_before).await;
     let slots: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
@@ -191,32 +184,20 @@ async fn a_kill_during_the_first_load_leaves_nothing_half_copied_and_a_restart_r
         slots, 1,
         "the unfinished load's slot was replaced, not added to"
     );
-    assert_eq!(legacy_foreign_keys(&client).await, keys_before);
-    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+    assert_eq!(db.legacy_foreign_keys().await, keys_before);
 }
 
-/// The target tables' foreign keys into legacy tables, as `table name definition valid`.
-async fn legacy_foreign_keys(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT format('%s %s %s %s', conrelid::regclass, conname,
-                           pg_get_constraintdef(oid), convalidated)
-             FROM pg_constraint
-             WHERE contype = 'f'
-               AND conrelid IN ('customers'::regclass, 'leads'::regclass,
-                                'appointments'::regclass, 'customer_custom_fields'::regclass,
-                                'lead_custom_fields'::regclass,
-                                'appointment_custom_fields'::regclass)
-               AND confrelid IN ('workspaces'::regclass, 'custom_fields'::regclass,
-                                 'auth.users'::regclass)
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+/// Waits until the daemon has caught up, then checks that its log says each of `says`, that
+/// the target equals the projection and that the schema is `schema_before`.
+async fn assert_loaded(db: &TestDb, daemon: &Daemon, says: &[&str], schema_before: &str) {
+    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
+        .await;
+    let log = daemon.log();
+    for needle in says {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+    db.assert_projection(&db.settings()).await;
+    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
 }
 
 /// A session that holds the next first load at its copy of leadsync's state — after the
@@ -229,24 +210,6 @@ async fn hold_the_load(db: &TestDb) -> tokio_postgres::Client {
         .await
         .unwrap();
     holder
-}
-
-/// Waits until the first load has set the foreign keys aside (committed).
-async fn wait_keys_set_aside(db: &TestDb, daemon: &Daemon) {
-    let client = db.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let recorded: i64 = client
-            .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if recorded > 0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -268,20 +231,15 @@ async fn a_busy_legacy_table_delays_the_first_load_but_never_blocks_the_applicat
     // lock_timeout behind leadsync's request, never for the open transaction.
     let other = db.client().await;
     for i in 0..10 {
-        let started = std::time::Instant::now();
-        other
-            .batch_execute(&format!(
-                "INSERT INTO contacts (workspace_id, firstname, lead_status)
-                 SELECT id, 'during {i}', 'new' FROM workspaces ORDER BY id LIMIT 1;
-                 SELECT count(*) FROM workspaces"
-            ))
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a legacy write waited {:?}",
-            started.elapsed()
+        let sql = format!(
+            "INSERT INTO contacts (workspace_id, firstname, lead_status)
+             SELECT id, 'during {i}', 'new' FROM workspaces ORDER BY id LIMIT 1;
+             SELECT count(*) FROM workspaces"
         );
+        tokio::time::timeout(Duration::from_secs(5), other.batch_execute(&sql))
+            .await
+            .unwrap_or_else(|_| panic!("a legacy write waited 5 s:\n{}", daemon.log()))
+            .unwrap();
     }
     let phase: String = client
         .query_one("SELECT phase FROM leadsync.sync_state", &[])
@@ -291,10 +249,7 @@ async fn a_busy_legacy_table_delays_the_first_load_but_never_blocks_the_applicat
     assert_eq!(phase, "backfill", "the load must still be waiting");
     app.batch_execute("COMMIT").await.unwrap();
 
-    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
-        .await;
-    db.assert_projection(&db.settings()).await;
-    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+    assert_loaded(&db, &daemon, &[], &schema_before).await;
 }
 
 #[tokio::test]
@@ -316,14 +271,7 @@ async fn a_parent_row_deleted_during_the_first_load_starts_it_again_and_nothing_
         .unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
 
-    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
-        .await;
-    assert!(
-        daemon.log().contains("first load starts again"),
-        "{}",
-        daemon.log()
-    );
-    db.assert_projection(&db.settings()).await;
+    assert_loaded(&db, &daemon, &["first load starts again"], &schema_before).await;
     let dangling: i64 = client
         .query_one(
             "SELECT (SELECT count(*) FROM customers WHERE workspace_id = $1)
@@ -334,18 +282,18 @@ async fn a_parent_row_deleted_during_the_first_load_starts_it_again_and_nothing_
         .unwrap()
         .get(0);
     assert_eq!(dangling, 0);
-    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
 }
 
 #[tokio::test]
 async fn teardown_after_an_unfinished_first_load_gives_the_target_tables_their_keys_back() {
     let db = TestDb::spawn_ready(20_000).await;
-    let client = db.client().await;
-    let keys_before = legacy_foreign_keys(&client).await;
+    let keys_before = db.legacy_foreign_keys().await;
     let mut daemon = Daemon::start(BIN, &daemon_env(&db));
-    wait_keys_set_aside(&db, &daemon).await;
+    daemon
+        .wait_log("set aside for the first load", Duration::from_secs(60))
+        .await;
     daemon.kill();
-    assert!(legacy_foreign_keys(&client).await.is_empty());
+    assert!(db.legacy_foreign_keys().await.is_empty());
     db.wait_slot_released().await;
     let report = leadsync::cmd::teardown::run_teardown(&db.settings(), Default::default())
         .await
@@ -354,7 +302,7 @@ async fn teardown_after_an_unfinished_first_load_gives_the_target_tables_their_k
         report.to_string().contains("added back 18 foreign keys"),
         "{report}"
     );
-    assert_eq!(legacy_foreign_keys(&client).await, keys_before);
+    assert_eq!(db.legacy_foreign_keys().await, keys_before);
 }
 
 #[tokio::test]
@@ -411,11 +359,6 @@ async fn an_application_session_waiting_for_the_new_tables_makes_the_load_yield(
         .unwrap_or_else(|_| panic!("the application waited for good:\n{}", daemon.log()))
         .unwrap();
     assert_eq!(customers, 0);
-    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
-        .await;
-    let log = daemon.log();
-    assert!(log.contains("waits for the new tables"), "{log}");
-    assert!(log.contains("the first load starts again"), "{log}");
-    db.assert_projection(&db.settings()).await;
-    assert_eq!(schema_dump(db.port(), &db.name), schema_before);
+    let says = ["waits for the new tables", "the first load starts again"];
+    assert_loaded(&db, &daemon, &says, &schema_before).await;
 }

@@ -497,6 +497,8 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
     let db = TestDb::spawn().await;
     let admin = db.client().await;
     let roles = roles_set_up(&db, &admin).await;
+    let keys = db.legacy_foreign_keys().await;
+    assert_eq!(keys.len(), 18);
 
     // Without SELECT on a legacy table the first load cannot read it.
     admin
@@ -515,7 +517,7 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         ],
     );
     // The failed load gave the target tables back the keys it had set aside.
-    assert_eq!(legacy_keys(&admin).await, (18, 18));
+    assert_eq!(db.legacy_foreign_keys().await, keys);
 
     // Without the replication origin's functions it cannot checkpoint.
     admin
@@ -594,7 +596,8 @@ async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row
         ))
         .await
         .unwrap();
-    assert_eq!(legacy_keys(&admin).await, (18, 18));
+    let keys = db.legacy_foreign_keys().await;
+    assert_eq!(keys.len(), 18);
     {
         let daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
         db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
@@ -607,25 +610,8 @@ async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row
         assert!(log.contains("tables=auth.users"), "{log}");
         assert!(log.contains("added back and validated keys=6"), "{log}");
     }
-    assert_eq!(legacy_keys(&admin).await, (18, 18));
+    assert_eq!(db.legacy_foreign_keys().await, keys);
     roles.drop(&admin).await;
-}
-
-/// The target tables' foreign keys into legacy tables: (validated, all).
-async fn legacy_keys(admin: &tokio_postgres::Client) -> (i64, i64) {
-    let row = admin
-        .query_one(
-            "SELECT count(*) FILTER (WHERE convalidated), count(*) FROM pg_constraint
-             WHERE contype = 'f' AND confrelid IN ('workspaces'::regclass,
-                   'custom_fields'::regclass, 'auth.users'::regclass)
-               AND conrelid IN ('customers'::regclass, 'leads'::regclass,
-                   'appointments'::regclass, 'customer_custom_fields'::regclass,
-                   'lead_custom_fields'::regclass, 'appointment_custom_fields'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
 }
 
 /// Runs the daemon as `role` and checks that it stops by itself, saying all of `needles`.

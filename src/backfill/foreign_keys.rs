@@ -126,7 +126,7 @@ pub async fn set_aside(
              (see `leadsync setup --print-grants`)"
         );
     }
-    let mut pause = Duration::from_millis(250);
+    let mut pauses = Pauses::new(LockWait::UntilShutdown(shutdown));
     loop {
         match try_set_aside(client, settings, &tables, &referenced).await {
             Ok(n) => return Ok(Some(n)),
@@ -134,15 +134,14 @@ pub async fn set_aside(
                 let _ = client.batch_execute("ROLLBACK").await;
                 let holders = lock_holders(client, settings, ALL_MODES).await?;
                 tracing::warn!(
-                    retry_in = ?pause,
+                    retry_in = ?pauses.next,
                     holders = %describe(&holders),
                     "a legacy table (workspaces, custom_fields, auth.users) is busy: its lock \
                      was not granted within target.lock_timeout_ms; trying again"
                 );
-                if !wait(pause, shutdown).await {
+                if !pauses.wait().await {
                     return Ok(None);
                 }
-                pause = (pause * 2).min(MAX_LOCK_PAUSE);
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
@@ -167,39 +166,30 @@ async fn try_set_aside(
         ))
         .await
         .map_err(db_error("setting foreign keys aside"))?;
+    // Recorded before they are dropped, in the same transaction: a crash never loses one.
     let keys = client
         .query(
             &format!(
-                "SELECT table_name, conname, definition FROM ({LEGACY_KEYS}) k
-                 WHERE restorable ORDER BY 1, 2"
+                "WITH keys AS (SELECT table_name, conname, definition FROM ({LEGACY_KEYS}) k
+                               WHERE restorable),
+                      recorded AS (INSERT INTO leadsync.deferred_constraints
+                                   SELECT * FROM keys ON CONFLICT DO NOTHING)
+                 SELECT table_name, conname FROM keys ORDER BY 1, 2"
             ),
             &[&tables, &referenced],
         )
         .await
-        .map_err(db_error("reading the target tables' foreign keys"))?;
-    let (mut names, mut constraints, mut definitions) = (Vec::new(), Vec::new(), Vec::new());
-    let mut drops = String::new();
-    for row in &keys {
-        let (table, name, definition): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        drops.push_str(&format!(
-            "ALTER TABLE {table} DROP CONSTRAINT {};\n",
-            quote_ident(&name)
-        ));
-        names.push(table);
-        constraints.push(name);
-        definitions.push(definition);
-    }
-    // Recorded before they are dropped, in the same transaction: a crash never loses one.
-    client
-        .execute(
-            "INSERT INTO leadsync.deferred_constraints (table_name, constraint_name, definition)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-             ON CONFLICT DO NOTHING",
-            &[&names, &constraints, &definitions],
-        )
-        .await
         .map_err(db_error("recording the foreign keys set aside"))?;
+    let drops: String = keys
+        .iter()
+        .map(|row| {
+            let (table, name): (String, String) = (row.get(0), row.get(1));
+            format!(
+                "ALTER TABLE {table} DROP CONSTRAINT {};\n",
+                quote_ident(&name)
+            )
+        })
+        .collect();
     if !drops.is_empty() {
         client
             .batch_execute(&drops)
@@ -218,7 +208,7 @@ async fn try_set_aside(
     Ok(total as u64)
 }
 
-/// How long [`restore`] keeps asking for locks that are not granted in time.
+/// How long to keep asking for locks that are not granted in time.
 #[derive(Clone, Copy)]
 pub enum LockWait<'a> {
     /// Until granted or shutdown.
@@ -227,6 +217,51 @@ pub enum LockWait<'a> {
     Forever,
     /// One attempt: a busy table leaves the keys recorded for later.
     Once,
+}
+
+/// The pauses between attempts at a lock: 250 ms, doubling up to [`MAX_LOCK_PAUSE`], for as
+/// long as the [`LockWait`] says.
+struct Pauses<'a> {
+    /// The pause before the next attempt.
+    next: Duration,
+    until: LockWait<'a>,
+}
+
+impl<'a> Pauses<'a> {
+    fn new(until: LockWait<'a>) -> Pauses<'a> {
+        Pauses {
+            next: Duration::from_millis(250),
+            until,
+        }
+    }
+
+    /// Whether a lock not granted is asked for again (unless shutdown comes first).
+    fn tries_again(&self) -> bool {
+        !matches!(self.until, LockWait::Once)
+    }
+
+    /// Sleeps before the next attempt; false when there is to be none.
+    async fn wait(&mut self) -> bool {
+        let pause = self.next;
+        self.next = (pause * 2).min(MAX_LOCK_PAUSE);
+        match self.until {
+            LockWait::Once => false,
+            LockWait::Forever => {
+                tokio::time::sleep(pause).await;
+                true
+            }
+            LockWait::UntilShutdown(shutdown) => {
+                let mut shutdown = shutdown.clone();
+                if *shutdown.borrow() {
+                    return false;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => true,
+                    _ = shutdown.changed() => false,
+                }
+            }
+        }
+    }
 }
 
 /// Adds back, validated, every foreign key recorded as set aside, inside the caller's open
@@ -266,7 +301,7 @@ pub async fn restore(
         "SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT leadsync_foreign_keys;
          DELETE FROM leadsync.deferred_constraints;",
     );
-    let mut pause = Duration::from_millis(250);
+    let mut pauses = Pauses::new(lock_wait);
     loop {
         let Err(e) = client.batch_execute(&sql).await else {
             return Ok(rows.len() as u64);
@@ -287,22 +322,16 @@ pub async fn restore(
                          which the first load holds"
                     )));
                 }
-                tracing::warn!(
-                    retry_in = ?pause,
-                    holders = %describe(&holders),
-                    "adding the foreign keys back: a legacy table (workspaces, custom_fields, \
-                     auth.users) is busy and its lock was not granted within \
-                     target.lock_timeout_ms; trying again"
-                );
-                let go_on = match lock_wait {
-                    LockWait::UntilShutdown(shutdown) => wait(pause, shutdown).await,
-                    LockWait::Forever => {
-                        tokio::time::sleep(pause).await;
-                        true
-                    }
-                    LockWait::Once => false,
-                };
-                if !go_on {
+                if pauses.tries_again() {
+                    tracing::warn!(
+                        retry_in = ?pauses.next,
+                        holders = %describe(&holders),
+                        "adding the foreign keys back: a legacy table (workspaces, custom_fields, \
+                         auth.users) is busy and its lock was not granted within \
+                         target.lock_timeout_ms; trying again"
+                    );
+                }
+                if !pauses.wait().await {
                     return Err(ApplyError::Db {
                         context: "adding the foreign keys back",
                         message: "gave up waiting for a lock on a legacy table; the keys stay \
@@ -312,7 +341,6 @@ pub async fn restore(
                         sqlstate: None,
                     });
                 }
-                pause = (pause * 2).min(MAX_LOCK_PAUSE);
             }
             Some(FOREIGN_KEY_VIOLATION) => {
                 return Err(ApplyError::LoadRestart(format!(
@@ -444,16 +472,4 @@ fn describe(holders: &[LockHolder]) -> String {
 
 fn is_lock_timeout(e: &ApplyError) -> bool {
     matches!(e, ApplyError::Db { sqlstate: Some(code), .. } if code == LOCK_NOT_AVAILABLE)
-}
-
-/// Sleeps `pause`; false when shutdown came first.
-async fn wait(pause: Duration, shutdown: &Shutdown) -> bool {
-    let mut shutdown = shutdown.clone();
-    if *shutdown.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(pause) => true,
-        _ = shutdown.changed() => false,
-    }
 }

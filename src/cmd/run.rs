@@ -109,11 +109,7 @@ pub async fn run(
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = Duration::from_secs(1);
                 }
-                if let RunError::Apply(ApplyError::LoadRestart(_)) = e {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "starting the first load again on a fresh snapshot");
-                } else {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "connection trouble; resuming from the checkpoint");
-                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "retrying from the checkpoint (or the first load, if none)");
                 status.update(|s| {
                     s.state = State::Reconnecting;
                     s.last_error = Some(e.to_string());
@@ -263,11 +259,7 @@ async fn first_load(
         let set_aside =
             backfill::foreign_keys::set_aside(applier.client(), settings, shutdown).await?;
         match set_aside {
-            None => {
-                return Err(RunError::NotSetUp(
-                    "stopped during the first load; the next run starts it again".into(),
-                ));
-            }
+            None => return Err(stopped_during_load()),
             Some(keys) => tracing::info!(
                 keys,
                 "foreign keys into legacy tables set aside for the first load; it adds them back, validated, when it commits"
@@ -292,6 +284,10 @@ async fn first_load(
     loaded
 }
 
+fn stopped_during_load() -> RunError {
+    RunError::NotSetUp("stopped during the first load; the next run starts it again".into())
+}
+
 /// The first load proper: slot, snapshot, load, commit with the checkpoint.
 async fn load_from_new_slot(
     settings: &Settings,
@@ -310,9 +306,7 @@ async fn load_from_new_slot(
     let reader = backfill::reader(settings, &created.snapshot).await?;
     let state = backfill::state_writer(settings, &created.snapshot).await?;
     if *shutdown.borrow() {
-        return Err(RunError::NotSetUp(
-            "stopped during the first load; the next run starts it again".into(),
-        ));
+        return Err(stopped_during_load());
     }
     let (stats, dead) = backfill::load(
         settings,
