@@ -67,6 +67,7 @@ fn copy_type(ty: &str) -> Type {
     match ty {
         "uuid" => Type::UUID,
         "int4" => Type::INT4,
+        "int8" => Type::INT8,
         "timestamp" => Type::TIMESTAMP,
         _ => Type::TEXT,
     }
@@ -490,7 +491,24 @@ async fn copy_pass(
     while let Some(row) = rows.next().await {
         let row = row.map_err(db_error("reading the snapshot"))?;
         read += 1;
-        let contact = Contact::from_columns(&row);
+        let contact = match Contact::from_columns(&row) {
+            Ok(contact) => contact,
+            Err(e) => {
+                // Parked with its contact (every pass skips it); leadsync's state holds the
+                // row as it is, copied server-side.
+                if let (Pass::Customers, Some(id)) = (pass, e.contact_id) {
+                    parked.insert(id);
+                    dead.push(unreadable_dead_letter(&e, lsn));
+                } else if e.contact_id.is_none() {
+                    return Err(ApplyError::Db {
+                        context: "reading the snapshot",
+                        message: e.to_string(),
+                        sqlstate: None,
+                    });
+                }
+                continue;
+            }
+        };
         let projection = project_contact(&contact, rules);
         if let Pass::Customers = pass {
             if let Some(letter) = misfit_dead_letter(&projection, limits, lsn, "first_load", || {
@@ -517,6 +535,24 @@ async fn copy_pass(
     metrics::counter!(crate::metrics::SNAPSHOT_ROWS_TOTAL, "table" => pass.table())
         .increment(written);
     Ok(written)
+}
+
+/// The dead letter of a legacy row that could not be read.
+fn unreadable_dead_letter(e: &crate::project::UnreadableRow, lsn: Lsn) -> DeadLetter {
+    DeadLetter {
+        contact_id: e.contact_id,
+        lsn,
+        source_table: e.table,
+        operation: "first_load",
+        key: serde_json::json!({ "id": e.contact_id }),
+        payload: serde_json::json!({ "column": e.column }),
+        error: format!(
+            "contact {} in the first load cannot be read: {e}",
+            e.contact_id
+                .map_or("(unknown)".to_owned(), |id| id.to_string())
+        ),
+        state_incomplete: true,
+    }
 }
 
 /// Writes the pass's row for one source row; false when the row has no place here.
@@ -565,7 +601,8 @@ async fn write_row(
                     &l.sourcesubdescr,
                     &l.disposition,
                     &l.stg_id,
-                    &l.priority,
+                    // Fits: a priority INTEGER cannot hold parks the contact first.
+                    &i32::try_from(l.priority).unwrap_or(crate::project::DEFAULT_PRIORITY as i32),
                     &l.entrydate,
                     &l.lastchangedon,
                     &l.created_at,
@@ -602,13 +639,19 @@ async fn write_row(
         }
         Pass::Values(table) => {
             // The row is the contact's columns, then the value's (without its contact id).
+            let read = |e: tokio_postgres::Error| ApplyError::Db {
+                context: "reading a custom-field value from the snapshot",
+                message: format!("contact {}: {e}", p.customer.cst_id),
+                sqlstate: None,
+            };
+            let at = CONTACT_COLUMNS.len();
             let value = FieldValue {
                 contact_id: p.customer.cst_id,
-                field_id: row.get(CONTACT_COLUMNS.len()),
-                value: row.get(CONTACT_COLUMNS.len() + 1),
-                created_at: row.get(CONTACT_COLUMNS.len() + 2),
-                updated_at: row.get(CONTACT_COLUMNS.len() + 3),
-                created_by: row.get(CONTACT_COLUMNS.len() + 4),
+                field_id: row.try_get(at).map_err(read)?,
+                value: row.try_get(at + 1).map_err(read)?,
+                created_at: row.try_get(at + 2).map_err(read)?,
+                updated_at: row.try_get(at + 3).map_err(read)?,
+                created_by: row.try_get(at + 4).map_err(read)?,
             };
             let context = match table {
                 ValueTable::CustomerCustomFields => FieldContext::Contact,

@@ -2,7 +2,8 @@
 //! that both these and the replication connection take from `source.url`.
 //!
 //! Every session runs with `TimeZone = UTC` so that timestamps mean the same to every
-//! reader, and names itself `leadsync` in `pg_stat_activity`. Errors name the server and
+//! reader, with fixed text formats and without the database's timeouts
+//! ([`SESSION_OPTIONS`]), and names itself `leadsync` in `pg_stat_activity`. Errors name the server and
 //! database, never the password.
 //!
 //! TLS follows libpq: `sslmode` (`disable`, `prefer` — the default —, `require`,
@@ -396,12 +397,23 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// The settings every leadsync session starts with, replication sessions included. Values
+/// read as text (pgoutput) are printed in fixed formats whatever the server's, database's or
+/// role's `DateStyle`; and the database's guards (a `statement_timeout`, `lock_timeout` or
+/// idle timeout set on the database or role) are off, since the daemon's transactions may
+/// legitimately run long or wait on the stream. Startup options take precedence over
+/// `ALTER DATABASE/ROLE … SET`. Where leadsync must not wait on a lock, it says so itself
+/// (`NOWAIT`, `SET LOCAL lock_timeout`).
+pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY \
+     -c IntervalStyle=postgres -c extra_float_digits=3 -c statement_timeout=0 \
+     -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0";
+
 /// Parses the URL and applies leadsync's session settings.
 pub fn session_config(url: &SecretString) -> Result<SourceUrl, ConnectError> {
     let mut source = parse_url(url.expose_secret())?;
     source
         .config
-        .options("-c TimeZone=UTC")
+        .options(SESSION_OPTIONS)
         .application_name("leadsync")
         .connect_timeout(CONNECT_TIMEOUT);
     Ok(source)

@@ -19,7 +19,9 @@
 //! - [`reconcile`]: the target compared row by row with an SQL projection of the source.
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
 //! - [`grants`]: the installer and runtime database roles and the one list of their grants.
+//! - [`triggers`]: leftover sync triggers that would loop with leadsync (setup refuses them).
 //! - [`cmd`]: one module per subcommand.
+//! - [`timestamp`]: PostgreSQL timestamps as PostgreSQL holds them, infinities included.
 //! - [`cluster`]: a throwaway PostgreSQL for the demo, the tests and the benchmarks.
 //! - [`fixtures`]: the legacy schema and a deterministic demo-data generator.
 
@@ -45,5 +47,8 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod timestamp;
+pub mod triggers;
 
 pub use lsn::Lsn;
+pub use timestamp::Timestamp;

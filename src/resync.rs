@@ -225,16 +225,33 @@ impl Resync {
             .map_err(db_error("reading a resync chunk"))?;
         let mut rows: BTreeMap<Uuid, (Option<Contact>, Vec<FieldValue>)> =
             all.iter().map(|id| (*id, (None, Vec::new()))).collect();
+        // A row that cannot be read (nothing the column types allow should fail) is left
+        // out of the chunk: its contact keeps the state leadsync holds.
+        let mut unreadable = Vec::new();
         for row in &contacts {
-            let c = Contact::from_columns(row);
-            if let Some(entry) = rows.get_mut(&c.id) {
-                entry.0 = Some(c);
+            match Contact::from_columns(row) {
+                Ok(c) => {
+                    if let Some(entry) = rows.get_mut(&c.id) {
+                        entry.0 = Some(c);
+                    }
+                }
+                Err(e) => unreadable.push(e),
             }
         }
         for row in &values {
-            let v = FieldValue::from_columns(row, 0);
-            if let Some(entry) = rows.get_mut(&v.contact_id) {
-                entry.1.push(v);
+            match FieldValue::from_columns(row, 0) {
+                Ok(v) => {
+                    if let Some(entry) = rows.get_mut(&v.contact_id) {
+                        entry.1.push(v);
+                    }
+                }
+                Err(e) => unreadable.push(e),
+            }
+        }
+        for e in unreadable {
+            tracing::warn!(contact_id = ?e.contact_id, error = %e, "resync: a row cannot be read; its contact keeps leadsync's state");
+            if let Some(id) = e.contact_id {
+                rows.remove(&id);
             }
         }
 

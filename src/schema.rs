@@ -229,8 +229,14 @@ CREATE TABLE IF NOT EXISTS leadsync.dead_letters (
     status TEXT NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'replayed', 'discarded')),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    resolved_at TIMESTAMPTZ
+    resolved_at TIMESTAMPTZ,
+    -- leadsync's state lacks the change (it could not be read): only a re-read of the
+    -- contact from the source resolves it.
+    state_incomplete BOOLEAN NOT NULL DEFAULT FALSE
 );
+
+ALTER TABLE leadsync.dead_letters
+    ADD COLUMN IF NOT EXISTS state_incomplete BOOLEAN NOT NULL DEFAULT FALSE;
 
 CREATE INDEX IF NOT EXISTS dead_letters_pending ON leadsync.dead_letters (contact_id)
     WHERE status = 'pending';
@@ -252,14 +258,28 @@ CREATE TABLE IF NOT EXISTS leadsync.contacts (
     lead_status TEXT,
     lead_source TEXT,
     tags TEXT,
-    appointment_status_id INTEGER,
-    appointment_result_id INTEGER,
+    appointment_status_id BIGINT,
+    appointment_result_id BIGINT,
     appointment_date TIMESTAMP,
-    priority INTEGER,
+    priority BIGINT,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL,
     created_by UUID
 );
+
+-- As wide as a legacy integer column may grow (state made by an older setup had INTEGER).
+DO $$
+BEGIN
+    IF (SELECT atttypid FROM pg_attribute
+        WHERE attrelid = 'leadsync.contacts'::regclass AND attname = 'priority')
+       <> 'bigint'::regtype THEN
+        ALTER TABLE leadsync.contacts
+            ALTER COLUMN appointment_status_id TYPE BIGINT,
+            ALTER COLUMN appointment_result_id TYPE BIGINT,
+            ALTER COLUMN priority TYPE BIGINT;
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS leadsync.field_values (
     contact_id UUID NOT NULL,
@@ -300,12 +320,29 @@ CREATE TABLE IF NOT EXISTS leadsync.resync_requests (
     finished_at TIMESTAMPTZ
 );
 
--- The contact row versions reverse sync wrote (by xmin): such a version is an older customer
--- edit carried back, not a later legacy change, so a later customer edit still wins over it.
+-- What reverse sync wrote to each contact, column by column ({"email": "…"}): a contact
+-- column that still holds what reverse sync wrote is an earlier customer edit carried back,
+-- not a later legacy change, so a later customer edit of that column still wins over it.
 CREATE TABLE IF NOT EXISTS leadsync.reverse_writes (
     contact_id UUID PRIMARY KEY,
     row_xmin XID NOT NULL,
-    written_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    columns JSONB NOT NULL DEFAULT '{}'
+);
+
+ALTER TABLE leadsync.reverse_writes ADD COLUMN IF NOT EXISTS columns JSONB NOT NULL DEFAULT '{}';
+
+-- Customer edits waiting to be written back to their contact, column by column:
+-- {"email": {"value": "…", "base": "…"}}, `base` being what the contact held, as far as
+-- leadsync had processed, when the edit was made. They wait here while the contact's row is
+-- locked by a legacy transaction (the forward stream never waits on it), and are written as
+-- soon as it is free; a column whose contact value no longer equals `base` changed later on
+-- the legacy side, and that later change wins.
+CREATE TABLE IF NOT EXISTS leadsync.reverse_queue (
+    contact_id UUID PRIMARY KEY,
+    lsn PG_LSN NOT NULL,
+    columns JSONB NOT NULL,
+    queued_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#;
 

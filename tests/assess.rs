@@ -92,6 +92,203 @@ async fn assess_counts_known_problems_exactly() {
     assert!(text.contains("customers.phone1"), "{text}");
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["misfits"][0]["rows"], 2);
+
+    // Integer columns as the fixture has them: nothing beyond int4, nothing infinite.
+    assert!(a.edge_values.is_empty(), "{:?}", a.edge_values);
+    assert!(
+        text.contains("Values leadsync cannot carry as they are: none"),
+        "{text}"
+    );
+    assert_eq!(json["edge_values"], serde_json::json!([]));
+}
+
+fn contact(n: u8) -> String {
+    format!("00000000-0000-0000-0000-0000000000{n:02}")
+}
+
+/// Infinite timestamps, appointment dates at PostgreSQL's lower edge and priorities beyond
+/// int4, with the legacy timestamps of type `timestamp_type` and priority of `priority_type`.
+/// The session's time zone is not UTC: the bound is UTC on a `timestamptz` column whatever
+/// the session says.
+async fn assess_edge_values(timestamp_type: &str, priority_type: &str) {
+    let db = TestDb::spawn().await;
+    let client = db.client().await;
+    let f1 = "00000000-0000-0000-0000-0000000000f1";
+    // Not counted: 4 (an appointment date exactly at the bound), 5 (below it, but no lead and
+    // so no appointment), 6 (a priority beyond int4, but no lead to carry it), 8 and 9
+    // (priorities at the int4 limits), 9's -infinity as a date too early (it is counted as
+    // infinite).
+    client
+        .batch_execute(&format!(
+            "SET TimeZone = 'America/New_York';
+             ALTER TABLE contacts ALTER appointment_date TYPE {timestamp_type},
+                                  ALTER created_at TYPE {timestamp_type},
+                                  ALTER updated_at TYPE {timestamp_type},
+                                  ALTER priority TYPE {priority_type};
+             ALTER TABLE contact_custom_fields ALTER created_at TYPE {timestamp_type},
+                                               ALTER updated_at TYPE {timestamp_type};
+             INSERT INTO workspaces (id, name) VALUES ('{WS}', 'w');
+             INSERT INTO custom_fields (id, workspace_id, name) VALUES ('{f1}', '{WS}', 'f');
+             INSERT INTO contacts (id, workspace_id, lead_status, appointment_date, priority,
+                                   created_at, updated_at) VALUES
+               ('{c1}', '{WS}', 'new', 'infinity', NULL, '2024-01-01+00', '2024-01-01+00'),
+               ('{c2}', '{WS}', NULL, NULL, 1, '-infinity', '2024-01-01+00'),
+               ('{c3}', '{WS}', 'new', '4714-11-24 23:59:59.999999+00 BC', NULL,
+                '2024-01-01+00', '2024-01-01+00'),
+               ('{c4}', '{WS}', 'new', '4714-11-25 00:00:00+00 BC', NULL,
+                '2024-01-01+00', '2024-01-01+00'),
+               ('{c5}', '{WS}', NULL, '4714-11-24 12:00:00+00 BC', NULL,
+                '2024-01-01+00', '2024-01-01+00'),
+               ('{c6}', '{WS}', NULL, NULL, 2147483648, '2024-01-01+00', '2024-01-01+00'),
+               ('{c7}', '{WS}', 'new', NULL, -2147483649, '2024-01-01+00', '2024-01-01+00'),
+               ('{c8}', '{WS}', 'new', NULL, 2147483647, '2024-01-01+00', '2024-01-01+00'),
+               ('{c9}', '{WS}', 'new', '-infinity', -2147483648, '2024-01-01+00', 'infinity');
+             INSERT INTO contact_custom_fields (contact_id, field_id, value, created_at,
+                                                updated_at) VALUES
+               ('{c2}', '{f1}', '1', '2024-01-01+00', 'infinity'),
+               ('{c4}', '{f1}', '2', '-infinity', '2024-01-01+00'),
+               ('{c8}', '{f1}', '3', '2024-01-01+00', '2024-01-01+00');",
+            c1 = contact(1),
+            c2 = contact(2),
+            c3 = contact(3),
+            c4 = contact(4),
+            c5 = contact(5),
+            c6 = contact(6),
+            c7 = contact(7),
+            c8 = contact(8),
+            c9 = contact(9),
+        ))
+        .await
+        .unwrap();
+    let a = assess(&client, "public").await.unwrap();
+
+    let expected: Vec<(&str, &str, i64, Vec<String>)> = vec![
+        (
+            "infinite_timestamp",
+            "contacts.appointment_date",
+            2,
+            vec![contact(1), contact(9)],
+        ),
+        (
+            "infinite_timestamp",
+            "contacts.created_at",
+            1,
+            vec![contact(2)],
+        ),
+        (
+            "infinite_timestamp",
+            "contacts.updated_at",
+            1,
+            vec![contact(9)],
+        ),
+        (
+            "appointment_before_min_setdate",
+            "contacts.appointment_date",
+            1,
+            vec![contact(3)],
+        ),
+        ("beyond_int4", "contacts.priority", 1, vec![contact(7)]),
+        (
+            "infinite_timestamp",
+            "contact_custom_fields.created_at",
+            1,
+            vec![contact(4)],
+        ),
+        (
+            "infinite_timestamp",
+            "contact_custom_fields.updated_at",
+            1,
+            vec![contact(2)],
+        ),
+    ];
+    let found: Vec<(&str, &str, i64, Vec<String>)> = a
+        .edge_values
+        .iter()
+        .map(|e| {
+            (
+                e.check,
+                e.source_column.as_str(),
+                e.rows,
+                e.sample_contact_ids.iter().map(|u| u.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
+
+    let json = serde_json::to_value(&a).unwrap();
+    let from_json: Vec<(String, String, i64, Vec<String>)> = json["edge_values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["check"].as_str().unwrap().to_owned(),
+                e["source_column"].as_str().unwrap().to_owned(),
+                e["rows"].as_i64().unwrap(),
+                e["sample_contact_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| id.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    let expected_owned: Vec<(String, String, i64, Vec<String>)> = expected
+        .iter()
+        .map(|(c, col, n, ids)| (c.to_string(), col.to_string(), *n, ids.clone()))
+        .collect();
+    assert_eq!(from_json, expected_owned);
+    assert_eq!(
+        json["edge_values"][3]["outcome"],
+        "dead letter: its setdate (a day earlier) is below PostgreSQL's lowest timestamp"
+    );
+
+    let text = a.render();
+    assert_eq!(edge_table(&text), expected_owned, "{text}");
+    assert!(text.contains("carried as infinity"), "{text}");
+    assert!(
+        text.contains("dead letter: leads.priority is an INTEGER"),
+        "{text}"
+    );
+}
+
+/// The rows of the human report's table of values leadsync cannot carry: check, column,
+/// count and the sample contacts (the first beside them, the rest on lines below).
+fn edge_table(text: &str) -> Vec<(String, String, i64, Vec<String>)> {
+    let section = text
+        .split("Values leadsync cannot carry as they are\n")
+        .nth(1)
+        .expect("no table of values leadsync cannot carry");
+    let mut rows: Vec<(String, String, i64, Vec<String>)> = Vec::new();
+    // Header, rule, then body lines up to the bottom border.
+    for line in section.lines().skip(3).take_while(|l| l.starts_with('│')) {
+        let cells: Vec<&str> = line.trim_matches('│').split('┆').map(str::trim).collect();
+        let [check, column, count, _, sample] = cells[..] else {
+            panic!("unexpected row {line:?}");
+        };
+        if check.is_empty() {
+            rows.last_mut().unwrap().3.push(sample.to_owned());
+        } else {
+            rows.push((
+                check.to_owned(),
+                column.to_owned(),
+                count.parse().unwrap(),
+                vec![sample.to_owned()],
+            ));
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn assess_counts_values_leadsync_cannot_carry_in_timestamp_columns() {
+    assess_edge_values("timestamp", "bigint").await;
+}
+
+#[tokio::test]
+async fn assess_counts_values_leadsync_cannot_carry_in_timestamptz_columns() {
+    assess_edge_values("timestamptz", "numeric").await;
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use leadsync::cluster::{ClusterOptions, TempCluster};
 use leadsync::cmd::setup::{Problem, SetupError, run_setup};
 use leadsync::testing::{TestDb, schema_dump};
+use leadsync::triggers::{SyncTrigger, sync_triggers};
 use secrecy::SecretString;
 
 fn problems(result: Result<impl std::fmt::Debug, SetupError>) -> Vec<Problem> {
@@ -349,4 +350,150 @@ async fn wal_level_and_exhausted_slots_are_reported() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+/// The guide's sync triggers, Steps 1 and 3, shortened to the statements that matter: one on
+/// `contacts` that writes `customers`, one on `customers` that writes `contacts` (schema-
+/// qualified, in other case), and a trigger that writes neither.
+const GUIDE_SYNC_TRIGGERS: &str = r#"
+CREATE FUNCTION sync_contact_to_customer() RETURNS TRIGGER AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO customers (cst_id, workspace_id, firstname, migrated_from_contact_id)
+        VALUES (NEW.id, NEW.workspace_id, NEW.firstname, NEW.id)
+        ON CONFLICT (cst_id) DO UPDATE SET firstname = EXCLUDED.firstname, updated_at = NOW();
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        UPDATE customers SET firstname = NEW.firstname, updated_at = NOW()
+        WHERE cst_id = NEW.id;
+        RETURN NEW;
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql SECURITY DEFINER;
+
+CREATE TRIGGER sync_contact_to_customer_trigger
+    AFTER INSERT OR UPDATE OR DELETE ON contacts
+    FOR EACH ROW EXECUTE FUNCTION sync_contact_to_customer();
+
+CREATE FUNCTION sync_customer_to_contact() RETURNS TRIGGER AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        Update Public.Contacts SET firstname = NEW.firstname, updated_at = NOW()
+        WHERE id = NEW.cst_id AND NEW.migrated_from_contact_id IS NOT NULL;
+        RETURN NEW;
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql SECURITY DEFINER;
+
+CREATE TRIGGER sync_customer_to_contact_trigger
+    AFTER UPDATE ON customers
+    FOR EACH ROW EXECUTE FUNCTION sync_customer_to_contact();
+
+CREATE FUNCTION sync_custom_fields() RETURNS TRIGGER AS $$
+BEGIN
+    INSERT INTO customer_custom_fields (customer_id, field_id, value, created_at, updated_at)
+    VALUES (NEW.contact_id, NEW.field_id, NEW.value, NEW.created_at, NEW.updated_at)
+    ON CONFLICT (customer_id, field_id) DO UPDATE SET value = EXCLUDED.value;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql SECURITY DEFINER;
+
+CREATE TRIGGER sync_custom_fields_trigger
+    AFTER INSERT OR UPDATE ON contact_custom_fields
+    FOR EACH ROW EXECUTE FUNCTION sync_custom_fields();
+
+CREATE FUNCTION touch_updated_at() RETURNS TRIGGER AS $$
+BEGIN
+    NEW.updated_at = now();
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER touch_customers BEFORE UPDATE ON customers
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+CREATE TRIGGER touch_contacts BEFORE UPDATE ON contacts
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+"#;
+
+#[tokio::test]
+async fn leftover_sync_triggers_stop_setup_until_dropped() {
+    let db = TestDb::spawn().await;
+    let settings = db.settings();
+    // The target tables exist once setup has run; the guide installs its triggers after that.
+    run_setup(&settings).await.unwrap();
+    let client = db.client().await;
+    client.batch_execute(GUIDE_SYNC_TRIGGERS).await.unwrap();
+
+    let expected = vec![
+        SyncTrigger {
+            schema: "public".into(),
+            table: "contact_custom_fields".into(),
+            trigger: "sync_custom_fields_trigger".into(),
+            function: "public.sync_custom_fields".into(),
+            drop_sql: "DROP TRIGGER sync_custom_fields_trigger ON public.contact_custom_fields;"
+                .into(),
+        },
+        SyncTrigger {
+            schema: "public".into(),
+            table: "contacts".into(),
+            trigger: "sync_contact_to_customer_trigger".into(),
+            function: "public.sync_contact_to_customer".into(),
+            drop_sql: "DROP TRIGGER sync_contact_to_customer_trigger ON public.contacts;".into(),
+        },
+        SyncTrigger {
+            schema: "public".into(),
+            table: "customers".into(),
+            trigger: "sync_customer_to_contact_trigger".into(),
+            function: "public.sync_customer_to_contact".into(),
+            drop_sql: "DROP TRIGGER sync_customer_to_contact_trigger ON public.customers;".into(),
+        },
+    ];
+    // The touch_* triggers write neither table and are not named.
+    assert_eq!(sync_triggers(&client, &settings).await.unwrap(), expected);
+    let found = problems(run_setup(&settings).await);
+    assert_eq!(
+        found,
+        vec![Problem::SyncTriggers {
+            triggers: expected.clone()
+        }]
+    );
+    let text = SetupError::Preconditions(found).to_string();
+    for needed in [
+        "triggers that write `customers` or `contacts` are installed",
+        "`sync_contact_to_customer_trigger` on `public.contacts` (function \
+         `public.sync_contact_to_customer`)",
+        "`sync_customer_to_contact_trigger` on `public.customers` (function \
+         `public.sync_customer_to_contact`)",
+        "loop",
+        "\n      DROP TRIGGER sync_contact_to_customer_trigger ON public.contacts;",
+        "\n      DROP TRIGGER sync_customer_to_contact_trigger ON public.customers;",
+    ] {
+        assert!(text.contains(needed), "`{needed}` missing from:\n{text}");
+    }
+    assert!(!text.contains("touch"), "{text}");
+
+    // A disabled trigger still counts: enabling it again would start the loop.
+    client
+        .batch_execute("ALTER TABLE contacts DISABLE TRIGGER sync_contact_to_customer_trigger")
+        .await
+        .unwrap();
+    assert_eq!(sync_triggers(&client, &settings).await.unwrap(), expected);
+
+    for trigger in &expected {
+        client.batch_execute(&trigger.drop_sql).await.unwrap();
+    }
+    let report = run_setup(&settings).await.unwrap();
+    assert_eq!(report.created, Vec::<String>::new());
+    let touch: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'touch_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(touch, 2);
 }

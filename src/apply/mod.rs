@@ -23,9 +23,7 @@ use crate::db;
 use crate::error::{ErrorKind, is_bad_row_sqlstate, is_transient_sqlstate};
 use crate::project::change::{Change, Stamped};
 use crate::project::plan::{DeadLetter, Plan, Prior, plan_chunk};
-use crate::project::{
-    CONTACT_COLUMNS, ColumnLimits, Contact, FieldContext, FieldValue, ProductRules,
-};
+use crate::project::{ColumnLimits, Contact, FieldContext, FieldValue, ProductRules};
 use crate::source::convert::{CustomerEdit, REVERSE_COLUMNS, SourceTable};
 
 pub use sql::Sql;
@@ -108,10 +106,15 @@ pub(crate) fn db_error(context: &'static str) -> impl Fn(tokio_postgres::Error) 
                 message: db::error_text(&e),
             };
         }
+        let sqlstate = e.code().map(|c| c.code().to_owned());
+        let mut message = db::error_text(&e);
+        if let Some(setting) = sqlstate.as_deref().and_then(crate::error::guard_setting) {
+            message.push_str(&format!(" (the database's {setting}; retried)"));
+        }
         ApplyError::Db {
             context,
-            message: db::error_text(&e),
-            sqlstate: e.code().map(|c| c.code().to_owned()),
+            message,
+            sqlstate,
         }
     }
 }
@@ -157,6 +160,9 @@ pub struct Applier {
     txn_changes: usize,
     /// Dead letters written in the open transaction (only the first is logged in full).
     parked_in_txn: usize,
+    /// Customer edits may wait in `leadsync.reverse_queue` for a locked contact.
+    reverse_queued: bool,
+    reverse_sql: ReverseSql,
     pub stats: ApplyStats,
 }
 
@@ -191,6 +197,22 @@ impl Applier {
             Err(e) => return Err(db_error("binding the replication origin")(e)),
         }
         let limits = column_limits(&client, &settings.target.schema).await?;
+        let reverse_queued = match client
+            .query_one("SELECT EXISTS (SELECT 1 FROM leadsync.reverse_queue)", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => {
+                return Err(ApplyError::Db {
+                    context: "reading leadsync's state",
+                    message: "leadsync's schema was made by an older `leadsync setup`: run \
+                              `leadsync setup` again (it only adds what is missing)"
+                        .into(),
+                    sqlstate: None,
+                });
+            }
+            Err(e) => return Err(db_error("reading the write-back queue")(e)),
+        };
         Ok(Applier {
             client: Session::new(client),
             sql: Sql::new(&settings.target.schema),
@@ -208,6 +230,8 @@ impl Applier {
             opened_at: None,
             txn_changes: 0,
             parked_in_txn: 0,
+            reverse_queued,
+            reverse_sql: ReverseSql::new(&settings.source.schema),
             stats: ApplyStats::default(),
         })
     }
@@ -288,14 +312,15 @@ impl Applier {
         let chunk = std::mem::take(&mut self.chunk);
         let ids: Vec<Uuid> = chunk
             .iter()
-            .map(|s| s.change.contact_id())
+            .flat_map(|s| [Some(s.change.contact_id()), s.change.reads_contact()])
+            .flatten()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let extra_fields: Vec<Uuid> = chunk
             .iter()
             .flat_map(|s| match &s.change {
-                Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => vec![v.field_id],
+                Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v, _) => vec![v.field_id],
                 Change::Reset { values, .. } => values.iter().map(|v| v.field_id).collect(),
                 _ => Vec::new(),
             })
@@ -317,20 +342,26 @@ impl Applier {
             self.client
                 .query_prepared(&self.sql.select_mirror_values, &params),
             self.client.query_prepared(
-                "SELECT DISTINCT contact_id FROM leadsync.dead_letters
-                 WHERE status = 'pending' AND contact_id = ANY($1::uuid[])",
+                "SELECT contact_id, bool_or(state_incomplete) FROM leadsync.dead_letters
+                 WHERE status = 'pending' AND contact_id = ANY($1::uuid[])
+                 GROUP BY contact_id",
                 &params,
             ),
         )
         .map_err(db_error("reading leadsync's state"))?;
         let mut prior = Prior::default();
+        let unreadable = |e: crate::project::UnreadableRow| ApplyError::Db {
+            context: "reading leadsync's state",
+            message: e.to_string(),
+            sqlstate: None,
+        };
         for row in &contacts {
-            let c = Contact::from_columns(row);
+            let c = Contact::from_columns(row).map_err(unreadable)?;
             prior.contacts.insert(c.id, c);
         }
         let mut fields: HashSet<Uuid> = extra_fields.iter().copied().collect();
         for row in &values {
-            let v = FieldValue::from_columns(row, 0);
+            let v = FieldValue::from_columns(row, 0).map_err(unreadable)?;
             fields.insert(v.field_id);
             prior
                 .values
@@ -338,7 +369,13 @@ impl Applier {
                 .or_default()
                 .insert(v.field_id, v);
         }
-        prior.dirty = dirty.iter().map(|r| r.get(0)).collect();
+        for row in &dirty {
+            let contact: Uuid = row.get(0);
+            prior.dirty.insert(contact);
+            if row.get::<_, Option<bool>>(1) == Some(true) {
+                prior.incomplete.insert(contact);
+            }
+        }
         prior.contexts = self
             .contexts(&fields.into_iter().collect::<Vec<_>>())
             .await?;
@@ -458,6 +495,7 @@ impl Applier {
                                     "contact {} at {}: the target rejected it: {message}",
                                     writes.contact_id, writes.lsn
                                 ),
+                                state_incomplete: false,
                             };
                             self.dead_letter(&dead, sqlstate).await?;
                         }
@@ -490,8 +528,9 @@ impl Applier {
     }
 
     /// Parks a change that could not even be read (a value leadsync cannot carry), in the
-    /// open transaction.
+    /// open transaction, after every change received before it.
     pub async fn park(&mut self, dead: &DeadLetter) -> Result<(), ApplyError> {
+        self.flush().await?;
         self.ensure_open().await?;
         self.txn_changes += 1;
         self.dead_letter(dead, None).await
@@ -525,7 +564,8 @@ impl Applier {
                 .execute(
                     "UPDATE leadsync.dead_letters
                         SET lsn = $2::text::pg_lsn, operation = $3, payload = $4, error = $5,
-                            sqlstate = $6, created_at = now()
+                            sqlstate = $6, created_at = now(),
+                            state_incomplete = state_incomplete OR $7
                       WHERE status = 'pending' AND contact_id = $1",
                     &[
                         &contact_id,
@@ -534,6 +574,7 @@ impl Applier {
                         &dead.payload,
                         &dead.error,
                         &sqlstate,
+                        &dead.state_incomplete,
                     ],
                 )
                 .await
@@ -544,8 +585,9 @@ impl Applier {
             self.client
                 .execute(
                     "INSERT INTO leadsync.dead_letters
-                       (slot_name, lsn, source_table, operation, contact_id, key, payload, error, sqlstate)
-                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9)",
+                       (slot_name, lsn, source_table, operation, contact_id, key, payload, error,
+                        sqlstate, state_incomplete)
+                     VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6, $7, $8, $9, $10)",
                     &[
                         &self.slot,
                         &lsn,
@@ -556,6 +598,7 @@ impl Applier {
                         &dead.payload,
                         &dead.error,
                         &sqlstate,
+                        &dead.state_incomplete,
                     ],
                 )
                 .await
@@ -733,6 +776,8 @@ impl Applier {
         if !self.open {
             return Ok(());
         }
+        // Edits waiting for a contact that a legacy transaction held: that lock may be gone.
+        self.retry_reverse_queue(lsn).await?;
         let at = commit_time.and_utc();
         self.client
             .execute(
@@ -793,35 +838,132 @@ impl Applier {
         Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO))
     }
 
-    /// Writes a customer's edit back to its contact (reverse sync) in the open transaction.
-    /// Returns whether the contact was written: nothing is written for a native or deleted
-    /// customer, a contact that is gone, a contact with a change leadsync has not processed
-    /// yet (it committed later and wins when it flows forward), or a contact that already
-    /// holds these values.
-    pub async fn reverse(&mut self, edit: &CustomerEdit, lsn: Lsn) -> Result<bool, ApplyError> {
+    /// Reverse sync: a customer's edit, in the open transaction. The carried columns it
+    /// changed are queued for its contact with what the contact held then (as far as
+    /// leadsync has processed), and written back at once unless a legacy transaction holds
+    /// the contact's row; then they wait in the queue while the forward stream goes on (see
+    /// [`Applier::retry_reverse_queue`]). Nothing is queued for a native or soft-deleted
+    /// customer, a contact leadsync does not know, or an edit that changed no carried column.
+    pub async fn reverse(
+        &mut self,
+        edit: &CustomerEdit,
+        lsn: Lsn,
+    ) -> Result<WriteBack, ApplyError> {
         let Some(contact) = edit.migrated_from.filter(|c| *c == edit.cst_id) else {
-            return Ok(false);
+            return Ok(WriteBack::NotCarried);
         };
-        let Some((statement, values)) =
-            reverse_update(&self.source_schema, edit).filter(|_| !edit.deleted)
-        else {
-            return Ok(false);
-        };
+        let changed = edit.changed();
+        if edit.deleted || changed.is_empty() {
+            return Ok(WriteBack::NotCarried);
+        }
         // leadsync's state must hold every change received before this edit.
         self.flush().await?;
         self.ensure_open().await?;
         self.txn_changes += 1;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&contact];
-        params.extend(
-            values
-                .iter()
-                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
-        );
+        let columns: serde_json::Map<String, serde_json::Value> = changed
+            .into_iter()
+            .map(|(column, value)| (column.to_owned(), value.into()))
+            .collect();
+        let columns = serde_json::Value::Object(columns);
+        let precise = edit.before.is_some();
+        let queued = self
+            .client
+            .execute_prepared(
+                QUEUE_WRITE_BACK,
+                &[&contact, &lsn.to_string(), &columns, &precise],
+            )
+            .await
+            .map_err(db_error("queueing a customer's edit for its contact"))?;
+        if queued == 0 {
+            return Ok(WriteBack::NotCarried);
+        }
+        self.reverse_queued = true;
+        self.write_back(contact, lsn).await
+    }
+
+    /// Writes back what waits in the queue for contacts no longer locked, oldest first, in
+    /// the open transaction. Cheap when the queue is empty: nothing is read.
+    pub async fn retry_reverse_queue(&mut self, lsn: Lsn) -> Result<u64, ApplyError> {
+        if !self.reverse_queued {
+            return Ok(0);
+        }
+        self.ensure_open().await?;
+        let waiting: Vec<Uuid> = self
+            .client
+            .query(
+                "SELECT contact_id FROM leadsync.reverse_queue ORDER BY queued_at, contact_id
+                 LIMIT 1000",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the write-back queue"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut written = 0;
+        let mut still_locked = 0;
+        for contact in &waiting {
+            match self.write_back(*contact, lsn).await? {
+                WriteBack::Written => written += 1,
+                WriteBack::Locked => still_locked += 1,
+                _ => {}
+            }
+        }
+        self.reverse_queued = still_locked > 0 || waiting.len() == 1000;
+        if written > 0 {
+            tracing::info!(
+                written,
+                still_locked,
+                "queued customer edits written back to their contacts"
+            );
+        }
+        Ok(written)
+    }
+
+    /// Whether customer edits wait in the queue for a locked contact.
+    pub fn reverse_waiting(&self) -> bool {
+        self.reverse_queued
+    }
+
+    /// Writes contact `contact`'s queued columns back, unless a legacy transaction holds its
+    /// row (`NOWAIT`: the forward transaction never waits on a legacy lock).
+    async fn write_back(&mut self, contact: Uuid, lsn: Lsn) -> Result<WriteBack, ApplyError> {
         self.savepoint("SAVEPOINT leadsync_reverse").await?;
-        match self.client.execute(&statement, &params).await {
+        let locked = self
+            .client
+            .query_prepared(&self.reverse_sql.lock, &[&contact])
+            .await;
+        match locked {
+            Err(e) if e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
+                self.savepoint("ROLLBACK TO SAVEPOINT leadsync_reverse")
+                    .await?;
+                tracing::debug!(contact_id = %contact, %lsn, "contact locked by a legacy transaction; its customer's edit waits in the queue");
+                return Ok(WriteBack::Locked);
+            }
+            Err(e) => return Err(db_error("locking a contact for a write-back")(e)),
+            Ok(rows) if rows.is_empty() => {
+                // The contact is gone: nothing is revived.
+                self.client
+                    .execute_prepared(DROP_QUEUED, &[&contact])
+                    .await
+                    .map_err(db_error("dropping a write-back"))?;
+                self.savepoint("RELEASE SAVEPOINT leadsync_reverse").await?;
+                return Ok(WriteBack::NotCarried);
+            }
+            Ok(_) => {}
+        }
+        match self
+            .client
+            .execute_prepared(&self.reverse_sql.write, &[&contact])
+            .await
+        {
             Ok(written) => {
                 self.savepoint("RELEASE SAVEPOINT leadsync_reverse").await?;
-                Ok(written > 0)
+                Ok(if written > 0 {
+                    WriteBack::Written
+                } else {
+                    WriteBack::NotCarried
+                })
             }
             Err(e) => {
                 let e = db_error("writing a customer's edit back to its contact")(e);
@@ -830,30 +972,33 @@ impl Applier {
                 }
                 self.savepoint("ROLLBACK TO SAVEPOINT leadsync_reverse")
                     .await?;
-                let dead = DeadLetter {
-                    contact_id: None,
-                    lsn,
-                    source_table: "customers",
-                    operation: "reverse_update",
-                    key: serde_json::json!({ "cst_id": edit.cst_id }),
-                    payload: serde_json::json!({
-                        "values": REVERSE_COLUMNS
-                            .iter()
-                            .zip(&edit.values)
-                            .filter_map(|((_, to), v)| v.as_ref().map(|v| ((*to).to_owned(), v.clone().into())))
-                            .collect::<serde_json::Map<String, serde_json::Value>>(),
-                    }),
-                    error: format!(
-                        "customer {} at {lsn}: its contact rejected the edit: {e}",
-                        edit.cst_id
-                    ),
-                };
+                let columns: Option<serde_json::Value> = self
+                    .client
+                    .query_opt(
+                        "DELETE FROM leadsync.reverse_queue WHERE contact_id = $1 RETURNING columns",
+                        &[&contact],
+                    )
+                    .await
+                    .map_err(db_error("dropping a write-back"))?
+                    .map(|r| r.get(0));
                 let sqlstate = match &e {
                     ApplyError::Db { sqlstate, .. } => sqlstate.clone(),
                     _ => None,
                 };
+                let dead = DeadLetter {
+                    contact_id: Some(contact),
+                    lsn,
+                    source_table: "customers",
+                    operation: "reverse_update",
+                    key: serde_json::json!({ "cst_id": contact }),
+                    payload: serde_json::json!({ "columns": columns }),
+                    error: format!(
+                        "customer {contact} at {lsn}: its contact rejected the edit: {e}"
+                    ),
+                    state_incomplete: false,
+                };
                 self.dead_letter(&dead, sqlstate).await?;
-                Ok(false)
+                Ok(WriteBack::Rejected)
             }
         }
     }
@@ -989,63 +1134,95 @@ pub async fn column_limits(
     Ok(limits)
 }
 
-/// The statement writing `edit` back to contact `$1` and its values (`$2`…): only the
-/// columns the edit carries, only when one differs, and only when the contact has no change
-/// leadsync has not processed but its own write back (every column of leadsync's state
-/// equal, or the row version is one leadsync wrote), so a later legacy change wins.
-fn reverse_update(
-    source_schema: &str,
-    edit: &CustomerEdit,
-) -> Option<(String, Vec<Option<String>>)> {
-    let carried: Vec<(&str, Option<String>)> = REVERSE_COLUMNS
-        .iter()
-        .zip(&edit.values)
-        .filter_map(|((_, to), value)| value.as_ref().map(|v| (*to, v.clone())))
-        .collect();
-    if carried.is_empty() {
-        return None;
+/// `lock_timeout`'s and `NOWAIT`'s error: the row is locked.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// What became of a customer's edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBack {
+    /// Written to the contact.
+    Written,
+    /// The contact's row is locked: the edit waits in the queue.
+    Locked,
+    /// The legacy table rejected it: a dead letter.
+    Rejected,
+    /// Nothing to write (a native or deleted customer, a gone contact, no carried column
+    /// changed, or the contact changed those columns later).
+    NotCarried,
+}
+
+/// Queues the columns `$3` (`{"email": "…"}`) of a customer edit at `$2` for contact `$1`,
+/// each with what leadsync's state holds for it (`base`). Without the customer's old row
+/// (`$4` false) only the columns that differ from that state count as changed. A later edit
+/// of a column already queued replaces it, base included.
+const QUEUE_WRITE_BACK: &str = "WITH edit AS (
+       SELECT e.key, e.value, to_jsonb(m) -> e.key AS base
+       FROM leadsync.contacts m, jsonb_each($3::jsonb) AS e(key, value)
+       WHERE m.id = $1 AND ($4 OR e.value IS DISTINCT FROM to_jsonb(m) -> e.key))
+     INSERT INTO leadsync.reverse_queue AS q (contact_id, lsn, columns)
+     SELECT $1, $2::text::pg_lsn,
+            jsonb_object_agg(key, jsonb_build_object('value', value, 'base', base))
+     FROM edit HAVING count(*) > 0
+     ON CONFLICT (contact_id) DO UPDATE
+       SET columns = q.columns || EXCLUDED.columns, lsn = EXCLUDED.lsn";
+
+const DROP_QUEUED: &str = "DELETE FROM leadsync.reverse_queue WHERE contact_id = $1";
+
+/// The write-back statements for legacy tables in one schema.
+#[derive(Debug, Clone)]
+struct ReverseSql {
+    /// Locks contact `$1`'s row, or fails at once when a legacy transaction holds it.
+    lock: String,
+    /// Writes contact `$1`'s queued columns and empties its queue entry.
+    write: String,
+}
+
+impl ReverseSql {
+    /// Each queued column is written only where it differs from the contact and the
+    /// contact still holds the column's `base` — or the value reverse sync itself wrote
+    /// there last (an earlier customer edit not yet processed forward): otherwise the
+    /// contact changed that column later, and the later commit wins. Columns not queued are
+    /// never written. `updated_at` moves only when a column is written.
+    fn new(source_schema: &str) -> ReverseSql {
+        let contacts = format!("{}.contacts", db::quote_ident(source_schema));
+        let set: Vec<String> = REVERSE_COLUMNS
+            .iter()
+            .map(|(_, column)| {
+                format!(
+                    "{column} = CASE WHEN w.cols ? '{column}' THEN w.cols ->> '{column}' \
+                     ELSE c.{column} END"
+                )
+            })
+            .collect();
+        ReverseSql {
+            lock: format!("SELECT 1 FROM {contacts} WHERE id = $1 FOR UPDATE NOWAIT"),
+            write: format!(
+                "WITH q AS (
+                   DELETE FROM leadsync.reverse_queue WHERE contact_id = $1 RETURNING columns),
+                 r AS (SELECT columns FROM leadsync.reverse_writes WHERE contact_id = $1),
+                 cur AS (SELECT to_jsonb(c) AS row FROM {contacts} c WHERE c.id = $1),
+                 w AS (
+                   SELECT jsonb_object_agg(e.key, e.value -> 'value') AS cols
+                   FROM q CROSS JOIN cur CROSS JOIN jsonb_each(q.columns) AS e(key, value)
+                   LEFT JOIN r ON true
+                   WHERE (cur.row -> e.key IS NOT DISTINCT FROM e.value -> 'base'
+                          OR (r.columns ? e.key
+                              AND cur.row -> e.key IS NOT DISTINCT FROM r.columns -> e.key))
+                     AND cur.row -> e.key IS DISTINCT FROM e.value -> 'value'
+                   HAVING count(*) > 0),
+                 written AS (
+                   UPDATE {contacts} c SET {set}, updated_at = now()
+                   FROM w WHERE c.id = $1
+                   RETURNING c.id, c.xmin, w.cols)
+                 INSERT INTO leadsync.reverse_writes AS rw (contact_id, row_xmin, columns)
+                 SELECT id, xmin, cols FROM written
+                 ON CONFLICT (contact_id) DO UPDATE
+                   SET row_xmin = EXCLUDED.row_xmin, columns = rw.columns || EXCLUDED.columns,
+                       written_at = now()",
+                set = set.join(",\n                       ")
+            ),
+        }
     }
-    let set: Vec<String> = carried
-        .iter()
-        .enumerate()
-        .map(|(i, (column, _))| format!("{column} = ${}::text", i + 2))
-        .collect();
-    let columns: Vec<String> = carried.iter().map(|(c, _)| format!("c.{c}")).collect();
-    let values: Vec<String> = (0..carried.len())
-        .map(|i| format!("${}::text", i + 2))
-        .collect();
-    let state: Vec<&str> = CONTACT_COLUMNS.iter().map(|(c, _)| *c).collect();
-    // The contact is as leadsync last saw it, or as leadsync's own write back left it.
-    let statement = format!(
-        "WITH written AS (
-           UPDATE {s}.contacts c SET {set}, updated_at = now()
-           FROM leadsync.contacts m
-           WHERE c.id = $1 AND m.id = c.id
-             AND (({current}) IS NOT DISTINCT FROM ({seen})
-                  OR EXISTS (SELECT 1 FROM leadsync.reverse_writes r
-                             WHERE r.contact_id = c.id AND r.row_xmin = c.xmin))
-             AND ({columns}) IS DISTINCT FROM ({values})
-           RETURNING c.id, c.xmin)
-         INSERT INTO leadsync.reverse_writes (contact_id, row_xmin)
-         SELECT id, xmin FROM written
-         ON CONFLICT (contact_id) DO UPDATE
-           SET row_xmin = EXCLUDED.row_xmin, written_at = now()",
-        s = db::quote_ident(source_schema),
-        set = set.join(", "),
-        current = state
-            .iter()
-            .map(|c| format!("c.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        seen = state
-            .iter()
-            .map(|c| format!("m.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        columns = columns.join(", "),
-        values = values.join(", "),
-    );
-    Some((statement, carried.into_iter().map(|(_, v)| v).collect()))
 }
 
 fn is_foreign_key_violation(e: &ApplyError) -> bool {

@@ -48,7 +48,7 @@ const LEAD_COLUMNS: &[Column] = &[
     col("sourcesubdescr", "text"),
     col("disposition", "text"),
     col("stg_id", "int4"),
-    col("priority", "int4"),
+    col("priority", "int8"),
     col("entrydate", "timestamp"),
     col("lastchangedon", "timestamp"),
     col("created_at", "timestamp"),
@@ -259,7 +259,8 @@ impl Sql {
                  WHERE v.contact_id = d.c AND v.field_id = d.f"
                 .into(),
             select_mirror_contacts: format!(
-                "SELECT {mirror_cols} FROM leadsync.contacts WHERE id = ANY($1::uuid[])"
+                "SELECT {} FROM leadsync.contacts m WHERE id = ANY($1::uuid[])",
+                crate::project::contact_select("m")
             ),
             select_mirror_values: "SELECT contact_id, field_id, value::text, created_at, \
                  updated_at, created_by FROM leadsync.field_values \

@@ -7,6 +7,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{ApplyError, Session, Sql, db_error};
+use crate::Timestamp;
 use crate::project::plan::{ContactWrites, Plan, RowWrite, ValueWrite};
 use crate::project::{Appointment, Customer, Lead, ValueTable};
 
@@ -54,12 +55,12 @@ pub async fn mirror(client: &Session, sql: &Sql, plan: &Plan) -> Result<(), Appl
         let status = text(|c| &c.lead_status);
         let source = text(|c| &c.lead_source);
         let tags = text(|c| &c.tags);
-        let appt_status: Vec<Option<i32>> = c.iter().map(|c| c.appointment_status_id).collect();
-        let appt_result: Vec<Option<i32>> = c.iter().map(|c| c.appointment_result_id).collect();
-        let appt_date: Vec<Option<NaiveDateTime>> = c.iter().map(|c| c.appointment_date).collect();
-        let priority: Vec<Option<i32>> = c.iter().map(|c| c.priority).collect();
-        let created_at: Vec<NaiveDateTime> = c.iter().map(|c| c.created_at).collect();
-        let updated_at: Vec<NaiveDateTime> = c.iter().map(|c| c.updated_at).collect();
+        let appt_status: Vec<Option<i64>> = c.iter().map(|c| c.appointment_status_id).collect();
+        let appt_result: Vec<Option<i64>> = c.iter().map(|c| c.appointment_result_id).collect();
+        let appt_date: Vec<Option<Timestamp>> = c.iter().map(|c| c.appointment_date).collect();
+        let priority: Vec<Option<i64>> = c.iter().map(|c| c.priority).collect();
+        let created_at: Vec<Timestamp> = c.iter().map(|c| c.created_at).collect();
+        let updated_at: Vec<Timestamp> = c.iter().map(|c| c.updated_at).collect();
         let created_by: Vec<Option<Uuid>> = c.iter().map(|c| c.created_by).collect();
         run(
             client,
@@ -106,8 +107,8 @@ pub async fn mirror(client: &Session, sql: &Sql, plan: &Plan) -> Result<(), Appl
         let contacts: Vec<Uuid> = v.iter().map(|v| v.contact_id).collect();
         let fields: Vec<Uuid> = v.iter().map(|v| v.field_id).collect();
         let values: Vec<Option<String>> = v.iter().map(|v| v.value.clone()).collect();
-        let created_at: Vec<NaiveDateTime> = v.iter().map(|v| v.created_at).collect();
-        let updated_at: Vec<NaiveDateTime> = v.iter().map(|v| v.updated_at).collect();
+        let created_at: Vec<Timestamp> = v.iter().map(|v| v.created_at).collect();
+        let updated_at: Vec<Timestamp> = v.iter().map(|v| v.updated_at).collect();
         let created_by: Vec<Option<Uuid>> = v.iter().map(|v| v.created_by).collect();
         run(
             client,
@@ -212,8 +213,8 @@ pub async fn contacts(
             let parents: Vec<Uuid> = upserts.iter().map(|v| v.parent_id).collect();
             let fields: Vec<Uuid> = upserts.iter().map(|v| v.field_id).collect();
             let values: Vec<Option<String>> = upserts.iter().map(|v| v.value.clone()).collect();
-            let created_at: Vec<NaiveDateTime> = upserts.iter().map(|v| v.created_at).collect();
-            let updated_at: Vec<NaiveDateTime> = upserts.iter().map(|v| v.updated_at).collect();
+            let created_at: Vec<Timestamp> = upserts.iter().map(|v| v.created_at).collect();
+            let updated_at: Vec<Timestamp> = upserts.iter().map(|v| v.updated_at).collect();
             let created_by: Vec<Option<Uuid>> = upserts.iter().map(|v| v.created_by).collect();
             run(
                 client,
@@ -274,7 +275,7 @@ async fn upsert_customers(
     let text = |f: fn(&Customer) -> Option<String>| -> Vec<Option<String>> {
         rows.iter().map(|(c, _)| f(c)).collect()
     };
-    let time = |f: fn(&Customer) -> NaiveDateTime| -> Vec<NaiveDateTime> {
+    let time = |f: fn(&Customer) -> Timestamp| -> Vec<Timestamp> {
         rows.iter().map(|(c, _)| f(c)).collect()
     };
     let cst_id = uuid(|c| c.cst_id);
@@ -339,9 +340,8 @@ async fn upsert_leads(
     let text = |f: fn(&Lead) -> Option<String>| -> Vec<Option<String>> {
         rows.iter().map(|(l, _)| f(l)).collect()
     };
-    let time = |f: fn(&Lead) -> NaiveDateTime| -> Vec<NaiveDateTime> {
-        rows.iter().map(|(l, _)| f(l)).collect()
-    };
+    let time =
+        |f: fn(&Lead) -> Timestamp| -> Vec<Timestamp> { rows.iter().map(|(l, _)| f(l)).collect() };
     let id = uuid(|l| l.id);
     let customer_id = uuid(|l| l.customer_id);
     let workspace_id = uuid(|l| l.workspace_id);
@@ -350,7 +350,8 @@ async fn upsert_leads(
     let sourcesubdescr = text(|l| l.sourcesubdescr.clone());
     let disposition = text(|l| Some(l.disposition.clone()));
     let stg_id: Vec<i32> = rows.iter().map(|(l, _)| l.stg_id).collect();
-    let priority: Vec<i32> = rows.iter().map(|(l, _)| l.priority).collect();
+    // As wide as the contact's; the server refuses one INTEGER cannot hold (a bad row).
+    let priority: Vec<i64> = rows.iter().map(|(l, _)| l.priority).collect();
     let entrydate = time(|l| l.entrydate);
     let lastchangedon = time(|l| l.lastchangedon);
     let created_at = time(|l| l.created_at);
@@ -394,7 +395,7 @@ async fn upsert_appointments(
     }
     let uuid =
         |f: fn(&Appointment) -> Uuid| -> Vec<Uuid> { rows.iter().map(|(a, _)| f(a)).collect() };
-    let time = |f: fn(&Appointment) -> NaiveDateTime| -> Vec<NaiveDateTime> {
+    let time = |f: fn(&Appointment) -> Timestamp| -> Vec<Timestamp> {
         rows.iter().map(|(a, _)| f(a)).collect()
     };
     let flag =

@@ -1,8 +1,9 @@
 //! `leadsync assess`: the guide's pre-migration assessment from the live legacy tables —
 //! volumes and sizes, per-workspace completeness, custom-field usage — plus what the guide
 //! misses: the rows whose values will not fit the target columns (they would be dead
-//! letters), the data-quality warnings SPEC §3 names, and what the projection will produce.
-//! Read-only.
+//! letters), the values leadsync cannot carry as they are (infinite timestamps, dates too
+//! early for the derived appointment dates, integers wider than 32 bits), the data-quality
+//! warnings SPEC §3 names, and what the projection will produce. Read-only.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
@@ -45,6 +46,7 @@ pub struct Assessment {
     pub summary: Summary,
     pub projected: Projected,
     pub misfits: Vec<MisfitCount>,
+    pub edge_values: Vec<EdgeValueCount>,
     pub warnings: Vec<Warning>,
     pub workspaces: Vec<WorkspaceQuality>,
     pub custom_fields: Vec<FieldUsage>,
@@ -94,6 +96,19 @@ pub struct MisfitCount {
     pub limit: usize,
     pub rows: i64,
     pub max_length: i32,
+    pub sample_contact_ids: Vec<Uuid>,
+}
+
+/// Rows holding a value leadsync cannot carry as it is, and what becomes of them.
+#[derive(Debug, Serialize)]
+pub struct EdgeValueCount {
+    /// `infinite_timestamp`, `appointment_before_min_setdate` or `beyond_int4`.
+    pub check: &'static str,
+    /// The legacy column, as `table.column`.
+    pub source_column: String,
+    /// What leadsync does with such a row.
+    pub outcome: &'static str,
+    pub rows: i64,
     pub sample_contact_ids: Vec<Uuid>,
 }
 
@@ -300,6 +315,7 @@ async fn assess_in_snapshot(
     };
 
     let misfits = misfit_counts(client, s).await?;
+    let edge_values = edge_value_counts(client, s).await?;
 
     let mut warnings = Vec::new();
     for (check, description, predicate) in WARNINGS {
@@ -311,7 +327,7 @@ async fn assess_in_snapshot(
             .await?
             .get(0);
         let sample_contact_ids = if rows > 0 {
-            samples(client, s, predicate).await?
+            samples(client, s, "contacts", "id", predicate).await?
         } else {
             Vec::new()
         };
@@ -381,6 +397,7 @@ async fn assess_in_snapshot(
         summary,
         projected,
         misfits,
+        edge_values,
         warnings,
         workspaces,
         custom_fields,
@@ -429,17 +446,126 @@ async fn misfit_counts(client: &Client, s: &str) -> Result<Vec<MisfitCount>, Ass
             limit: *limit,
             rows,
             max_length: row.get(2 * i + 1),
-            sample_contact_ids: samples(client, s, &predicate(target, source, *limit)).await?,
+            sample_contact_ids: samples(
+                client,
+                s,
+                "contacts",
+                "id",
+                &predicate(target, source, *limit),
+            )
+            .await?,
         });
     }
     Ok(out)
 }
 
-async fn samples(client: &Client, s: &str, predicate: &str) -> Result<Vec<Uuid>, AssessError> {
+/// The lowest `appointment_date` whose derived `setdate` (one day earlier) a timestamp
+/// column holds: PostgreSQL's lowest timestamp is 4714-11-24 00:00:00 BC. The `+00` makes
+/// the bound UTC on a `timestamptz` column (leadsync reads those as UTC) and is ignored on a
+/// `timestamp` one.
+const LOWEST_APPOINTMENT_DATE: &str = "4714-11-25 00:00:00+00 BC";
+
+/// One edge-value check: a predicate over the rows of `table` (as `c`).
+struct EdgeCheck {
+    check: &'static str,
+    table: &'static str,
+    column: &'static str,
+    predicate: String,
+    outcome: &'static str,
+}
+
+fn edge_checks() -> Vec<EdgeCheck> {
+    let mut checks = Vec::new();
+    // `isfinite` takes a timestamp or a timestamptz alike.
+    for (table, column) in [
+        ("contacts", "appointment_date"),
+        ("contacts", "created_at"),
+        ("contacts", "updated_at"),
+        ("contact_custom_fields", "created_at"),
+        ("contact_custom_fields", "updated_at"),
+    ] {
+        checks.push(EdgeCheck {
+            check: "infinite_timestamp",
+            table,
+            column,
+            predicate: format!("NOT isfinite(c.{column})"),
+            outcome: "carried as infinity (a data-quality warning)",
+        });
+    }
+    // Only a lead's appointment date makes an appointment; -infinity stays -infinity.
+    checks.push(EdgeCheck {
+        check: "appointment_before_min_setdate",
+        table: "contacts",
+        column: "appointment_date",
+        predicate: format!(
+            "c.lead_status IS NOT NULL AND isfinite(c.appointment_date) \
+             AND c.appointment_date < '{LOWEST_APPOINTMENT_DATE}'"
+        ),
+        outcome: "dead letter: its setdate (a day earlier) is below PostgreSQL's lowest timestamp",
+    });
+    // A lead's priority lands in leads.priority (INTEGER); the other integer columns are
+    // only compared. `::numeric` compares an integer, a bigint or a numeric column alike.
+    checks.push(EdgeCheck {
+        check: "beyond_int4",
+        table: "contacts",
+        column: "priority",
+        predicate: "c.lead_status IS NOT NULL \
+                    AND c.priority::numeric NOT BETWEEN -2147483648 AND 2147483647"
+            .into(),
+        outcome: "dead letter: leads.priority is an INTEGER",
+    });
+    checks
+}
+
+/// One scan per legacy table counts every edge-value check on it.
+async fn edge_value_counts(client: &Client, s: &str) -> Result<Vec<EdgeValueCount>, AssessError> {
+    let checks = edge_checks();
+    let mut out = Vec::new();
+    for (table, contact_id) in [("contacts", "id"), ("contact_custom_fields", "contact_id")] {
+        let on_table: Vec<&EdgeCheck> = checks.iter().filter(|c| c.table == table).collect();
+        let columns: Vec<String> = on_table
+            .iter()
+            .map(|c| format!("count(*) FILTER (WHERE {})", c.predicate))
+            .collect();
+        let row = client
+            .query_one(
+                &format!("SELECT {} FROM {s}.{table} c", columns.join(", ")),
+                &[],
+            )
+            .await?;
+        for (i, check) in on_table.iter().enumerate() {
+            let rows: i64 = row.get(i);
+            if rows == 0 {
+                continue;
+            }
+            let sample_contact_ids =
+                samples(client, s, table, contact_id, &check.predicate).await?;
+            out.push(EdgeValueCount {
+                check: check.check,
+                source_column: format!("{table}.{}", check.column),
+                outcome: check.outcome,
+                rows,
+                sample_contact_ids,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The first few contact ids (by id) of the rows of `table` (as `c`) that match `predicate`;
+/// `contact_id` is the column holding them.
+async fn samples(
+    client: &Client,
+    s: &str,
+    table: &str,
+    contact_id: &str,
+    predicate: &str,
+) -> Result<Vec<Uuid>, AssessError> {
     Ok(client
         .query(
             &format!(
-                "SELECT c.id FROM {s}.contacts c WHERE {predicate} ORDER BY c.id LIMIT {SAMPLES}"
+                "SELECT DISTINCT c.{contact_id} FROM {s}.{table} c WHERE {predicate}
+                 ORDER BY 1 LIMIT {SAMPLES}"
             ),
             &[],
         )
@@ -524,6 +650,24 @@ impl Assessment {
             out.push_str(&format!(
                 "Values that will not fit the target (these rows become dead letters until the \
                  column is widened or the data fixed)\n{t}\n\n"
+            ));
+        }
+
+        if self.edge_values.is_empty() {
+            out.push_str("Values leadsync cannot carry as they are: none\n\n");
+        } else {
+            let mut t = table(&["check", "column", "rows", "what happens", "sample contacts"]);
+            for e in &self.edge_values {
+                t.add_row(vec![
+                    e.check.to_owned(),
+                    e.source_column.clone(),
+                    e.rows.to_string(),
+                    e.outcome.to_owned(),
+                    ids(&e.sample_contact_ids),
+                ]);
+            }
+            out.push_str(&format!(
+                "Values leadsync cannot carry as they are\n{t}\n\n"
             ));
         }
 

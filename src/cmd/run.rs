@@ -15,10 +15,11 @@ use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio_postgres::Client;
 
 use crate::Lsn;
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, WriteBack};
 use crate::backfill;
 use crate::config::Settings;
 use crate::control::{Controls, Shutdown};
+use crate::db;
 use crate::decode::{DecodeError, LogicalMessage, decode_message};
 use crate::error::ErrorKind;
 use crate::metrics as m;
@@ -28,6 +29,7 @@ use crate::resync::Resync;
 use crate::source::convert::{ConvertError, Converter, CustomerEdit, SourceEvent};
 use crate::source::{self, SourceError, query_error};
 use crate::status::{SharedStatus, State};
+use crate::triggers;
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -143,6 +145,7 @@ async fn session(
 ) -> Result<(), RunError> {
     status.update(|s| s.state = State::Starting);
     let mut applier = Applier::connect(settings).await?;
+    warn_sync_triggers(applier.client(), settings).await;
     metrics::gauge!(m::STANDBY).set(0.0);
     let (phase, paused_since) = read_phase(applier.client(), &settings.slot.name).await?;
     let paused = paused_since.is_some();
@@ -213,6 +216,25 @@ async fn session(
     stream.client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.client.shutdown()).await;
     result
+}
+
+/// Sync triggers left on the legacy or target tables loop with leadsync; `setup` refuses
+/// them, but they can be installed after it. Warn and go on: a catalog that cannot be read
+/// here is no reason to stop.
+async fn warn_sync_triggers(client: &Client, settings: &Settings) {
+    match triggers::sync_triggers(client, settings).await {
+        Ok(found) if !found.is_empty() => tracing::warn!(
+            triggers = %found.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+            drop = %found.iter().map(|t| t.drop_sql.as_str()).collect::<Vec<_>>().join(" "),
+            "triggers that write customers or contacts are installed and will loop with \
+             leadsync; drop them"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(
+            error = %db::error_text(&e),
+            "could not read the triggers on the legacy and target tables"
+        ),
+    }
 }
 
 /// The phase, and since when the daemon is paused if it is.
@@ -384,7 +406,7 @@ fn change_label(change: &crate::project::change::Change) -> (&'static str, &'sta
     match change {
         Change::UpsertContact(_) => ("contacts", "upsert"),
         Change::DeleteContact(_) => ("contacts", "delete"),
-        Change::UpsertValue(_) | Change::UpsertValueKeepingValue(_) => {
+        Change::UpsertValue(_) | Change::UpsertValueKeepingValue(..) => {
             ("contact_custom_fields", "upsert")
         }
         Change::DeleteValue { .. } => ("contact_custom_fields", "delete"),
@@ -447,10 +469,15 @@ impl Stream<'_> {
                     _ = controls.pause.changed() => continue,
                     // Wake up now and then to look for resync requests and to beat.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY
-                            && self.txn.is_none()
-                            && !self.applier.is_open()
-                        {
+                        let idle = self.txn.is_none() && !self.applier.is_open();
+                        if idle && self.applier.reverse_waiting() {
+                            // Customer edits waiting for a locked contact, with nothing
+                            // else to commit them with.
+                            self.applier.retry_reverse_queue(self.processed).await?;
+                            let now = Utc::now().naive_utc();
+                            self.applier.commit(self.processed, now).await?;
+                        }
+                        if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY && idle {
                             self.resync.heartbeat().await?;
                             self.last_heartbeat = Instant::now();
                         }
@@ -619,18 +646,31 @@ impl Stream<'_> {
         let events = match self.converter.convert(message) {
             Ok(events) => events,
             Err(e) if e.is_bad_row() => {
+                // leadsync's state cannot take the change as it is: the contact's target
+                // rows wait for a re-read of the source (`leadsync dlq retry`).
+                let contact_id = e.contact_id();
+                if let Some(id) = contact_id {
+                    self.resync.on_change(id);
+                }
                 self.applier
                     .park(&DeadLetter {
-                        contact_id: None,
+                        contact_id,
                         lsn,
                         source_table: self
                             .converter
                             .table_of(message.relation_id().unwrap_or_default())
                             .map_or("unknown", |t| t.name()),
                         operation: message.kind(),
-                        key: serde_json::Value::Null,
+                        key: contact_id.map_or(
+                            serde_json::Value::Null,
+                            |id| serde_json::json!({ "id": id }),
+                        ),
                         payload: serde_json::json!({ "message": format!("{message:?}") }),
-                        error: format!("change at {lsn} cannot be read: {e}"),
+                        error: format!(
+                            "change at {lsn}{} cannot be read: {e}",
+                            contact_id.map_or(String::new(), |id| format!(" of contact {id}"))
+                        ),
+                        state_incomplete: true,
                     })
                     .await?;
                 return Ok(());
@@ -671,11 +711,17 @@ impl Stream<'_> {
             return Ok(());
         }
         self.count(("customers", "update"));
-        if self.applier.reverse(edit, lsn).await? {
-            self.count(("contacts", "reverse_update"));
-            tracing::debug!(contact_id = %edit.cst_id, %lsn, "customer edit written back to its contact");
-        } else {
-            tracing::debug!(customer = %edit.cst_id, %lsn, "customer edit not written back (native, deleted, unchanged, or its contact changed later)");
+        match self.applier.reverse(edit, lsn).await? {
+            WriteBack::Written => {
+                self.count(("contacts", "reverse_update"));
+                tracing::debug!(contact_id = %edit.cst_id, %lsn, "customer edit written back to its contact");
+            }
+            WriteBack::Locked => {
+                tracing::info!(contact_id = %edit.cst_id, %lsn, "contact locked by a legacy transaction: the customer's edit waits and is written once the lock is gone");
+            }
+            WriteBack::Rejected | WriteBack::NotCarried => {
+                tracing::debug!(customer = %edit.cst_id, %lsn, "customer edit not written back (native, deleted, unchanged, rejected, or its contact changed those columns later)");
+            }
         }
         Ok(())
     }

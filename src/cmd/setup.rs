@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::db::{self, ConnectError, quote_ident};
 use crate::grants::{self, On, Role, RoleNames, Schemas, When};
 use crate::schema::{self, PUBLISHED_LEGACY_TABLES, STATE_SCHEMA};
+use crate::triggers::{self, SyncTrigger};
 
 /// Oldest server version leadsync supports (logical replication protocol and origins as
 /// used here are those of PostgreSQL 15).
@@ -84,6 +85,9 @@ pub enum Problem {
         slot: String,
         database: String,
         plugin: String,
+    },
+    SyncTriggers {
+        triggers: Vec<SyncTrigger>,
     },
 }
 
@@ -162,6 +166,22 @@ impl fmt::Display for Problem {
                 f,
                 "a replication slot `{slot}` already exists for database `{database}` with \
                  plugin `{plugin}`: choose another slot.name, or drop that slot if it is unused"
+            ),
+            Problem::SyncTriggers { triggers } => write!(
+                f,
+                "triggers that write `customers` or `contacts` are installed: {}. leadsync does \
+                 their work, and with them in place every change would loop between the two \
+                 schemas; drop them (their functions may stay) with:\n{}",
+                triggers
+                    .iter()
+                    .map(SyncTrigger::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                triggers
+                    .iter()
+                    .map(|t| format!("      {}", t.drop_sql))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         }
     }
@@ -484,6 +504,11 @@ pub async fn check_preconditions(
         }
     }
 
+    let found = triggers::sync_triggers(client, settings).await?;
+    if !found.is_empty() {
+        problems.push(Problem::SyncTriggers { triggers: found });
+    }
+
     if !superuser && tables_present {
         let missing = missing_privileges(client, settings).await?;
         if !missing.is_empty() {
@@ -803,6 +828,26 @@ async fn install_in_transaction(client: &Client, settings: &Settings) -> Result<
                 .await
                 .map_err(ddl_error("updating the publication's tables"))?;
             altered = true;
+        }
+    }
+
+    if settings.sync.reverse {
+        // Reverse sync writes back only the columns a customer edit changed; the stream
+        // tells which when it carries the row as it was before the update.
+        let customers = format!("{}.customers", quote_ident(&settings.target.schema));
+        let full: bool = client
+            .query_one(
+                "SELECT relreplident = 'f' FROM pg_class WHERE oid = $1::text::regclass",
+                &[&customers],
+            )
+            .await
+            .map_err(ddl_error("reading customers' replica identity"))?
+            .get(0);
+        if !full {
+            client
+                .batch_execute(&format!("ALTER TABLE {customers} REPLICA IDENTITY FULL"))
+                .await
+                .map_err(ddl_error("setting customers' replica identity"))?;
         }
     }
 

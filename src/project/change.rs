@@ -125,6 +125,9 @@ impl Unchanged {
 pub struct ContactImage {
     pub contact: Contact,
     pub unchanged: Unchanged,
+    /// The id the row had before this change, when the change gave it a new one: the
+    /// unchanged columns are the old row's.
+    pub previous_id: Option<Uuid>,
 }
 
 impl ContactImage {
@@ -133,24 +136,26 @@ impl ContactImage {
         ContactImage {
             contact,
             unchanged: Unchanged::NONE,
+            previous_id: None,
         }
     }
 
     /// The full row: unchanged columns taken from `prior` (the row before this change).
-    /// Without a prior row, the columns that cannot be filled in are returned as the error.
-    pub fn resolve(self, prior: Option<&Contact>) -> Result<Contact, Unchanged> {
+    /// Without a prior row those columns stay NULL and are returned beside the row (empty
+    /// when the row is complete).
+    pub fn resolve(self, prior: Option<&Contact>) -> (Contact, Unchanged) {
         if self.unchanged.is_empty() {
-            return Ok(self.contact);
+            return (self.contact, Unchanged::NONE);
         }
         let Some(prior) = prior else {
-            return Err(self.unchanged);
+            return (self.contact, self.unchanged);
         };
         let mut contact = self.contact;
         let mut prior = prior.clone();
         for column in self.unchanged.iter() {
             *column.value_mut(&mut contact) = column.value_mut(&mut prior).take();
         }
-        Ok(contact)
+        (contact, Unchanged::NONE)
     }
 }
 
@@ -168,7 +173,9 @@ pub enum Change {
     UpsertValue(FieldValue),
     /// A `contact_custom_fields` row updated without changing its TOASTed `value`, which
     /// pgoutput did not resend: the `value` here is a placeholder for the one leadsync holds.
-    UpsertValueKeepingValue(FieldValue),
+    /// When the update moved the row to another key, the value is the one held under the
+    /// previous key `(contact_id, field_id)`.
+    UpsertValueKeepingValue(FieldValue, Option<(Uuid, Uuid)>),
     /// A `contact_custom_fields` row deleted.
     DeleteValue { contact_id: Uuid, field_id: Uuid },
     /// A contact's whole state as read again from the source (resync, dead-letter replay):
@@ -190,9 +197,21 @@ impl Change {
         match self {
             Change::UpsertContact(image) => image.contact.id,
             Change::DeleteContact(id) => *id,
-            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => v.contact_id,
+            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v, _) => v.contact_id,
             Change::DeleteValue { contact_id, .. } => *contact_id,
             Change::Reset { id, .. } | Change::Refresh(id) => *id,
+        }
+    }
+}
+
+impl Change {
+    /// The other contact whose state this change reads: the previous id of a row whose key
+    /// the change moved.
+    pub fn reads_contact(&self) -> Option<Uuid> {
+        match self {
+            Change::UpsertContact(image) => image.previous_id,
+            Change::UpsertValueKeepingValue(_, previous) => previous.map(|(contact, _)| contact),
+            _ => None,
         }
     }
 }

@@ -14,8 +14,9 @@ mod rules;
 
 pub use rules::ProductRules;
 
-use chrono::{Duration, NaiveDateTime};
 use uuid::Uuid;
+
+use crate::Timestamp;
 
 /// The legacy `contacts` columns the projection reads, in [`Contact`]'s field order, each
 /// with the SQL type leadsync reads it as. Every reader of contacts (stream, first load,
@@ -34,10 +35,10 @@ pub const CONTACT_COLUMNS: [(&str, &str); 20] = [
     ("lead_status", "text"),
     ("lead_source", "text"),
     ("tags", "text"),
-    ("appointment_status_id", "int4"),
-    ("appointment_result_id", "int4"),
+    ("appointment_status_id", "int8"),
+    ("appointment_result_id", "int8"),
     ("appointment_date", "timestamp"),
-    ("priority", "int4"),
+    ("priority", "int8"),
     ("created_at", "timestamp"),
     ("updated_at", "timestamp"),
     ("created_by", "uuid"),
@@ -64,61 +65,109 @@ pub fn contact_select(alias: &str) -> String {
 
 /// Something rows can be read from by position (a query row, a binary COPY row).
 pub trait Columns {
-    /// The value at `index`, converted.
-    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T;
+    /// The value at `index`, converted; an error names what could not be read.
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        &'a self,
+        index: usize,
+    ) -> Result<T, String>;
 }
 
 impl Columns for tokio_postgres::Row {
-    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T {
-        self.get(index)
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        &'a self,
+        index: usize,
+    ) -> Result<T, String> {
+        self.try_get(index).map_err(|e| e.to_string())
     }
 }
 
 impl Columns for tokio_postgres::binary_copy::BinaryCopyOutRow {
-    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, index: usize) -> T {
-        self.get(index)
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        &'a self,
+        index: usize,
+    ) -> Result<T, String> {
+        self.try_get(index).map_err(|e| e.to_string())
     }
+}
+
+/// A row that could not be read (a value of a type leadsync does not expect), with the
+/// contact it belongs to when at least that could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table}.{column}: {reason}")]
+pub struct UnreadableRow {
+    pub contact_id: Option<Uuid>,
+    pub table: &'static str,
+    pub column: &'static str,
+    pub reason: String,
 }
 
 impl Contact {
     /// A contact from a row in [`CONTACT_COLUMNS`] order.
-    pub fn from_columns(row: &impl Columns) -> Contact {
-        Contact {
-            id: row.column(0),
-            workspace_id: row.column(1),
-            firstname: row.column(2),
-            lastname: row.column(3),
-            email: row.column(4),
-            phone_number: row.column(5),
-            st_address: row.column(6),
-            city: row.column(7),
-            state: row.column(8),
-            zip: row.column(9),
-            lead_status: row.column(10),
-            lead_source: row.column(11),
-            tags: row.column(12),
-            appointment_status_id: row.column(13),
-            appointment_result_id: row.column(14),
-            appointment_date: row.column(15),
-            priority: row.column(16),
-            created_at: row.column(17),
-            updated_at: row.column(18),
-            created_by: row.column(19),
+    pub fn from_columns(row: &impl Columns) -> Result<Contact, UnreadableRow> {
+        let id: Option<Uuid> = row.column(0).ok();
+        let read = |index: usize| {
+            move |reason: String| UnreadableRow {
+                contact_id: id,
+                table: "contacts",
+                column: CONTACT_COLUMNS[index].0,
+                reason,
+            }
+        };
+        macro_rules! col {
+            ($i:expr) => {
+                row.column($i).map_err(read($i))?
+            };
         }
+        Ok(Contact {
+            id: col!(0),
+            workspace_id: col!(1),
+            firstname: col!(2),
+            lastname: col!(3),
+            email: col!(4),
+            phone_number: col!(5),
+            st_address: col!(6),
+            city: col!(7),
+            state: col!(8),
+            zip: col!(9),
+            lead_status: col!(10),
+            lead_source: col!(11),
+            tags: col!(12),
+            appointment_status_id: col!(13),
+            appointment_result_id: col!(14),
+            appointment_date: col!(15),
+            priority: col!(16),
+            created_at: col!(17),
+            updated_at: col!(18),
+            created_by: col!(19),
+        })
     }
 }
 
 impl FieldValue {
     /// A value from a row in [`VALUE_COLUMNS`] order, starting at `offset`.
-    pub fn from_columns(row: &impl Columns, offset: usize) -> FieldValue {
-        FieldValue {
-            contact_id: row.column(offset),
-            field_id: row.column(offset + 1),
-            value: row.column(offset + 2),
-            created_at: row.column(offset + 3),
-            updated_at: row.column(offset + 4),
-            created_by: row.column(offset + 5),
+    pub fn from_columns(row: &impl Columns, offset: usize) -> Result<FieldValue, UnreadableRow> {
+        let id: Option<Uuid> = row.column(offset).ok();
+        let read = |index: usize| {
+            move |reason: String| UnreadableRow {
+                contact_id: id,
+                table: "contact_custom_fields",
+                column: VALUE_COLUMNS[index].0,
+                reason,
+            }
+        };
+        macro_rules! col {
+            ($i:expr) => {
+                row.column(offset + $i).map_err(read($i))?
+            };
         }
+        Ok(FieldValue {
+            contact_id: col!(0),
+            field_id: col!(1),
+            value: col!(2),
+            created_at: col!(3),
+            updated_at: col!(4),
+            created_by: col!(5),
+        })
     }
 }
 
@@ -138,12 +187,12 @@ pub struct Contact {
     pub lead_status: Option<String>,
     pub lead_source: Option<String>,
     pub tags: Option<String>,
-    pub appointment_status_id: Option<i32>,
-    pub appointment_result_id: Option<i32>,
-    pub appointment_date: Option<NaiveDateTime>,
-    pub priority: Option<i32>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    pub appointment_status_id: Option<i64>,
+    pub appointment_result_id: Option<i64>,
+    pub appointment_date: Option<Timestamp>,
+    pub priority: Option<i64>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
 }
 
@@ -163,10 +212,10 @@ pub struct Customer {
     pub state: Option<String>,
     pub zip: Option<String>,
     pub country: String,
-    pub dateadded: NaiveDateTime,
-    pub lastchanged: NaiveDateTime,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    pub dateadded: Timestamp,
+    pub lastchanged: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
     pub migrated_from_contact_id: Uuid,
 }
@@ -182,11 +231,13 @@ pub struct Lead {
     pub sourcesubdescr: Option<String>,
     pub disposition: String,
     pub stg_id: i32,
-    pub priority: i32,
-    pub entrydate: NaiveDateTime,
-    pub lastchangedon: NaiveDateTime,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    /// The contact's priority, as wide as the legacy column; [`misfits`] reports one that
+    /// `leads.priority` (INTEGER) cannot hold.
+    pub priority: i64,
+    pub entrydate: Timestamp,
+    pub lastchangedon: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
     pub migrated_from_contact_id: Uuid,
 }
@@ -197,17 +248,17 @@ pub struct Appointment {
     pub id: Uuid,
     pub lead_id: Uuid,
     pub workspace_id: Uuid,
-    pub apptdate: NaiveDateTime,
+    pub apptdate: Timestamp,
     pub disposition: String,
     pub apptset: bool,
     pub verified: bool,
     pub confirmed: bool,
-    pub setdate: NaiveDateTime,
-    pub verifieddate: NaiveDateTime,
-    pub confirmeddate: NaiveDateTime,
-    pub lastchangeddate: NaiveDateTime,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    pub setdate: Timestamp,
+    pub verifieddate: Timestamp,
+    pub confirmeddate: Timestamp,
+    pub lastchangeddate: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
     pub migrated_from_contact_id: Uuid,
 }
@@ -227,8 +278,8 @@ pub struct FieldValue {
     pub field_id: Uuid,
     /// The JSONB value as text; `None` for SQL NULL.
     pub value: Option<String>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
 }
 
@@ -296,8 +347,8 @@ pub struct RoutedValue {
     pub parent_id: Uuid,
     pub field_id: Uuid,
     pub value: Option<String>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub created_by: Option<Uuid>,
 }
 
@@ -330,14 +381,15 @@ fn derived_id(kind: &str, contact_id: Uuid) -> Uuid {
 }
 
 /// The lead stage: `appointment_status_id` when it is 1-4, else 1 ("New Lead").
-pub fn stage_for(appointment_status_id: Option<i32>) -> i32 {
-    appointment_status_id
-        .filter(|id| (1..=4).contains(id))
-        .unwrap_or(1)
+pub fn stage_for(appointment_status_id: Option<i64>) -> i32 {
+    match appointment_status_id {
+        Some(id @ 1..=4) => id as i32,
+        _ => 1,
+    }
 }
 
 /// The appointment disposition for an `appointment_result_id`.
-pub fn appointment_disposition(appointment_result_id: Option<i32>) -> &'static str {
+pub fn appointment_disposition(appointment_result_id: Option<i64>) -> &'static str {
     match appointment_result_id {
         Some(1) => "Show",
         Some(2) => "No Show",
@@ -348,11 +400,14 @@ pub fn appointment_disposition(appointment_result_id: Option<i32>) -> &'static s
 }
 
 /// Default `leads.priority` when the contact has none.
-pub const DEFAULT_PRIORITY: i32 = 3;
+pub const DEFAULT_PRIORITY: i64 = 3;
 /// `leads.source` when the contact's `lead_source` is NULL.
 pub const UNKNOWN_SOURCE: &str = "Unknown";
 /// `customers.country` of every migrated customer.
 pub const COUNTRY: &str = "US";
+
+const HOUR_MICROS: i64 = 3_600_000_000;
+const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 
 /// Projects one contact.
 pub fn project_contact(c: &Contact, rules: &ProductRules) -> ContactProjection {
@@ -400,7 +455,7 @@ pub fn project_contact(c: &Contact, rules: &ProductRules) -> ContactProjection {
     let appointment = match (&lead, c.appointment_date) {
         (Some(lead), Some(date)) => {
             let status = c.appointment_status_id;
-            let at_least = |n: i32| status.is_some_and(|s| s >= n);
+            let at_least = |n: i64| status.is_some_and(|s| s >= n);
             Some(Appointment {
                 id: appointment_id_for(c.id),
                 lead_id: lead.id,
@@ -410,9 +465,9 @@ pub fn project_contact(c: &Contact, rules: &ProductRules) -> ContactProjection {
                 apptset: at_least(4),
                 verified: at_least(5),
                 confirmed: at_least(6),
-                setdate: date - Duration::days(1),
-                verifieddate: date - Duration::hours(4),
-                confirmeddate: date - Duration::hours(1),
+                setdate: date.minus_micros(DAY_MICROS),
+                verifieddate: date.minus_micros(4 * HOUR_MICROS),
+                confirmeddate: date.minus_micros(HOUR_MICROS),
                 lastchangeddate: c.updated_at,
                 created_at: c.created_at,
                 updated_at: c.updated_at,
@@ -546,6 +601,45 @@ impl ColumnLimits {
                 })
             })
             .collect()
+    }
+}
+
+/// Projected values no target column can hold whatever its width: a priority beyond
+/// `leads.priority` (INTEGER), or a derived date outside PostgreSQL's timestamps (an
+/// appointment in 4714 BC, whose set date would be a day earlier still). Each is described
+/// as `column: reason`.
+pub fn unholdable(p: &ContactProjection) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(lead) = &p.lead {
+        found.extend(lead_unholdable(lead));
+    }
+    if let Some(a) = &p.appointment {
+        for (column, value) in [
+            ("appointments.setdate", a.setdate),
+            ("appointments.verifieddate", a.verifieddate),
+            ("appointments.confirmeddate", a.confirmeddate),
+        ] {
+            if !value.is_valid() {
+                found.push(format!(
+                    "{column} would be before PostgreSQL's first timestamp (from \
+                     contacts.appointment_date {})",
+                    a.apptdate
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The lead's values no column can hold (see [`unholdable`]).
+pub fn lead_unholdable(lead: &Lead) -> Vec<String> {
+    if i32::try_from(lead.priority).is_err() {
+        vec![format!(
+            "leads.priority is INTEGER and cannot hold {} (from contacts.priority)",
+            lead.priority
+        )]
+    } else {
+        Vec::new()
     }
 }
 

@@ -18,7 +18,7 @@ use super::change::{Change, Stamped, Unchanged};
 use super::{
     Appointment, ColumnLimits, Contact, ContactProjection, Customer, FieldContext, FieldValue,
     Lead, ProductRules, RoutedValue, ValueTable, appointment_id_for, customer_misfits, lead_id_for,
-    lead_misfits, misfits, project_contact, route_field_value,
+    lead_misfits, lead_unholdable, misfits, project_contact, route_field_value, unholdable,
 };
 use crate::Lsn;
 use crate::config::DeleteMode;
@@ -35,6 +35,10 @@ pub struct Prior {
     pub contexts: HashMap<Uuid, FieldContext>,
     /// Contacts with pending dead letters: written in full, whatever changed.
     pub dirty: HashSet<Uuid>,
+    /// Contacts whose state lacks a change leadsync could not read (a dead letter with
+    /// [`DeadLetter::state_incomplete`]): their target rows wait, untouched, for a re-read of
+    /// the source (`Change::Reset`).
+    pub incomplete: HashSet<Uuid>,
 }
 
 /// What to do with one customer, lead or appointment row.
@@ -102,6 +106,10 @@ pub struct DeadLetter {
     pub key: serde_json::Value,
     pub payload: serde_json::Value,
     pub error: String,
+    /// leadsync's state lacks this change (it could not be read, or a value it needs was
+    /// not sent): only a re-read of the contact from the source resolves it, never a later
+    /// change projected over the incomplete state.
+    pub state_incomplete: bool,
 }
 
 /// Everything a chunk changes.
@@ -163,12 +171,40 @@ struct Track {
     lsn: Lsn,
     /// Commit time of the contact's last change in the chunk.
     time: NaiveDateTime,
-    /// Columns that arrived unchanged with no prior value to fill them in.
-    unknown: Option<Unchanged>,
-    /// A field whose value arrived unchanged with no prior value to keep.
-    unknown_value: Option<Uuid>,
+    /// Columns that arrived unchanged, in this chunk, with no prior value to fill them in.
+    unknown: Unchanged,
+    /// Fields whose value arrived unchanged, in this chunk, with no prior value to keep.
+    unknown_values: Vec<Uuid>,
+    /// The state lacks something (from before the chunk, or from `unknown` above): the
+    /// target rows are left alone until a re-read.
+    incomplete: bool,
     /// The state was read again from the source: write every row in full.
     forced: bool,
+}
+
+/// The state of contact `id` as the chunk has it so far: its track's, else leadsync's.
+fn state_of<'a>(
+    tracks: &'a BTreeMap<Uuid, Track>,
+    prior: &'a Prior,
+    id: Uuid,
+) -> Option<&'a Contact> {
+    match tracks.get(&id) {
+        Some(track) => track.state.as_ref(),
+        None => prior.contacts.get(&id),
+    }
+}
+
+/// The value of `(contact, field)` as the chunk has it so far.
+fn value_of<'a>(
+    tracks: &'a BTreeMap<Uuid, Track>,
+    prior: &'a Prior,
+    contact: Uuid,
+    field: Uuid,
+) -> Option<&'a FieldValue> {
+    match tracks.get(&contact) {
+        Some(track) => track.values.get(&field),
+        None => prior.values.get(&contact).and_then(|v| v.get(&field)),
+    }
 }
 
 /// Plans one chunk.
@@ -182,6 +218,20 @@ pub fn plan_chunk(
     let mut tracks: BTreeMap<Uuid, Track> = BTreeMap::new();
     for stamped in changes {
         let id = stamped.change.contact_id();
+        // What a key change did not resend comes from the row's previous key.
+        let moved_state = match &stamped.change {
+            Change::UpsertContact(image) => image
+                .previous_id
+                .filter(|previous| *previous != id)
+                .map(|previous| state_of(&tracks, prior, previous).cloned()),
+            _ => None,
+        };
+        let moved_value = match &stamped.change {
+            Change::UpsertValueKeepingValue(_, Some((contact, field))) => {
+                Some(value_of(&tracks, prior, *contact, *field).map(|v| v.value.clone()))
+            }
+            _ => None,
+        };
         let track = tracks.entry(id).or_insert_with(|| {
             let state = prior.contacts.get(&id).cloned();
             let projection = state.as_ref().map(|c| project_contact(c, rules));
@@ -195,28 +245,28 @@ pub fn plan_chunk(
                 state,
                 lsn: stamped.lsn,
                 time: stamped.commit_time,
-                unknown: None,
-                unknown_value: None,
+                unknown: Unchanged::NONE,
+                unknown_values: Vec::new(),
+                incomplete: prior.incomplete.contains(&id),
                 forced: false,
             }
         });
         track.lsn = stamped.lsn;
         track.time = stamped.commit_time;
-        if (track.unknown.is_some() || track.unknown_value.is_some())
-            && !matches!(stamped.change, Change::Reset { .. })
-        {
-            // The contact's state is unknown from here on; its dead letter covers the rest.
-            continue;
-        }
         let contact_changed = match &stamped.change {
             Change::UpsertContact(image) => {
-                match image.clone().resolve(track.state.as_ref()) {
-                    Ok(contact) => track.state = Some(contact),
-                    Err(columns) => {
-                        track.unknown = Some(columns);
-                        continue;
-                    }
+                let before = match &moved_state {
+                    Some(moved) => moved.as_ref(),
+                    None => track.state.as_ref(),
+                };
+                // The state records the row as it is; a column nothing can fill in is
+                // recorded NULL and the state marked incomplete.
+                let (contact, unknown) = image.clone().resolve(before);
+                for column in unknown.iter() {
+                    track.unknown.insert(column);
+                    track.incomplete = true;
                 }
+                track.state = Some(contact);
                 true
             }
             Change::DeleteContact(_) => {
@@ -227,8 +277,9 @@ pub fn plan_chunk(
                 contact, values, ..
             } => {
                 // A fresh read makes whatever was unknown known again.
-                track.unknown = None;
-                track.unknown_value = None;
+                track.unknown = Unchanged::NONE;
+                track.unknown_values.clear();
+                track.incomplete = false;
                 track.state = contact.clone();
                 track.values = values.iter().map(|v| (v.field_id, v.clone())).collect();
                 track.forced = true;
@@ -242,13 +293,19 @@ pub fn plan_chunk(
                 track.values.insert(value.field_id, value.clone());
                 false
             }
-            Change::UpsertValueKeepingValue(value) => {
-                let Some(kept) = track.values.get(&value.field_id).map(|v| v.value.clone()) else {
-                    track.unknown_value = Some(value.field_id);
-                    continue;
+            Change::UpsertValueKeepingValue(value, _) => {
+                let kept = match moved_value {
+                    Some(moved) => moved,
+                    None => track.values.get(&value.field_id).map(|v| v.value.clone()),
                 };
                 let mut value = value.clone();
-                value.value = kept;
+                match kept {
+                    Some(kept) => value.value = kept,
+                    None => {
+                        track.unknown_values.push(value.field_id);
+                        track.incomplete = true;
+                    }
+                }
                 track.values.insert(value.field_id, value);
                 false
             }
@@ -288,42 +345,7 @@ fn finish_contact(
     limits: &ColumnLimits,
     delete_mode: DeleteMode,
 ) {
-    if let Some(field) = track.unknown_value {
-        plan.dead_letters.push(DeadLetter {
-            contact_id: Some(id),
-            lsn: track.lsn,
-            source_table: "contact_custom_fields",
-            operation: "update",
-            key: json!({ "contact_id": id, "field_id": field }),
-            payload: json!({ "unchanged_columns": ["value"] }),
-            error: format!(
-                "value of contact {id}, field {field} at {}: arrived as unchanged TOAST but \
-                 leadsync holds no earlier value; run `leadsync dlq retry` to re-read it",
-                track.lsn
-            ),
-        });
-        return;
-    }
-    if let Some(columns) = track.unknown {
-        let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
-        plan.dead_letters.push(DeadLetter {
-            contact_id: Some(id),
-            lsn: track.lsn,
-            source_table: "contacts",
-            operation: "update",
-            key: json!({ "id": id }),
-            payload: json!({ "unchanged_columns": names }),
-            error: format!(
-                "contact {id} at {}: column(s) {} arrived as unchanged TOAST but leadsync holds \
-                 no earlier value for them; run `leadsync dlq retry` to re-read the contact",
-                track.lsn,
-                names.join(", ")
-            ),
-        });
-        return;
-    }
-
-    // Mirror: the source state after the chunk.
+    // Mirror: the source state after the chunk, whatever happens to the target.
     let before = prior.contacts.get(&id);
     match (&track.state, before) {
         (Some(now), Some(was)) if now == was => {}
@@ -344,6 +366,45 @@ fn finish_contact(
         }
     }
 
+    for field in &track.unknown_values {
+        plan.dead_letters.push(DeadLetter {
+            contact_id: Some(id),
+            lsn: track.lsn,
+            source_table: "contact_custom_fields",
+            operation: "update",
+            key: json!({ "contact_id": id, "field_id": field }),
+            payload: json!({ "unchanged_columns": ["value"] }),
+            error: format!(
+                "value of contact {id}, field {field} at {}: arrived as unchanged TOAST but \
+                 leadsync holds no earlier value; run `leadsync dlq retry` to re-read it",
+                track.lsn
+            ),
+            state_incomplete: true,
+        });
+    }
+    if !track.unknown.is_empty() {
+        let names: Vec<&str> = track.unknown.iter().map(|c| c.name()).collect();
+        plan.dead_letters.push(DeadLetter {
+            contact_id: Some(id),
+            lsn: track.lsn,
+            source_table: "contacts",
+            operation: "update",
+            key: json!({ "id": id }),
+            payload: json!({ "unchanged_columns": names }),
+            error: format!(
+                "contact {id} at {}: column(s) {} arrived as unchanged TOAST but leadsync holds \
+                 no earlier value for them; run `leadsync dlq retry` to re-read the contact",
+                track.lsn,
+                names.join(", ")
+            ),
+            state_incomplete: true,
+        });
+    }
+    if track.incomplete {
+        // Projecting incomplete state would write wrong rows: they wait for the re-read.
+        return;
+    }
+
     let projection = track.state.as_ref().map(|c| project_contact(c, rules));
     let before_projection = before.map(|c| project_contact(c, rules));
     if let Some(dead) = projection.as_ref().and_then(|p| {
@@ -355,6 +416,8 @@ fn finish_contact(
         return;
     }
 
+    // A contact whose state was incomplete before the chunk has target rows that may be
+    // stale anywhere: a re-read writes them all.
     let dirty = prior.dirty.contains(&id) || track.forced;
     let mut writes = ContactWrites {
         contact_id: id,
@@ -522,7 +585,7 @@ fn strip_misfit_images(writes: &mut ContactWrites, limits: &ColumnLimits) {
     if let Some(RowWrite::SoftDelete { row, .. }) = &mut writes.lead
         && row
             .as_ref()
-            .is_some_and(|l| !lead_misfits(l, limits).is_empty())
+            .is_some_and(|l| !lead_misfits(l, limits).is_empty() || !lead_unholdable(l).is_empty())
     {
         *row = None;
     }
@@ -587,7 +650,8 @@ pub fn misfit_dead_letter(
     payload: impl FnOnce() -> serde_json::Value,
 ) -> Option<DeadLetter> {
     let found = misfits(projection, limits);
-    if found.is_empty() {
+    let unholdable = unholdable(projection);
+    if found.is_empty() && unholdable.is_empty() {
         return None;
     }
     let id = projection.customer.cst_id;
@@ -599,6 +663,7 @@ pub fn misfit_dead_letter(
                 m.column, m.length, m.column, m.limit, m.source_column
             )
         })
+        .chain(unholdable)
         .collect();
     Some(DeadLetter {
         contact_id: Some(id),
@@ -608,6 +673,7 @@ pub fn misfit_dead_letter(
         key: json!({ "id": id }),
         payload: payload(),
         error: format!("contact {id} at {lsn}: {}", reasons.join("; ")),
+        state_incomplete: false,
     })
 }
 

@@ -1,11 +1,12 @@
 //! The projection, rule by rule: each test states the whole expected row.
 
 use super::*;
+use crate::Timestamp;
 use crate::config::parse_rules;
 use chrono::NaiveDate;
 
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").unwrap()
+fn ts(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
 }
 
 fn id(n: u128) -> Uuid {
@@ -278,7 +279,7 @@ fn product_rules_can_be_configured_and_case_insensitive() {
     assert_eq!(loose.product_for(None), "DEFAULT");
 }
 
-fn with_appointment(status: Option<i32>, result: Option<i32>) -> Contact {
+fn with_appointment(status: Option<i64>, result: Option<i64>) -> Contact {
     Contact {
         lead_status: Some("appointment_set".into()),
         appointment_status_id: status,
@@ -627,7 +628,8 @@ fn timestamps_keep_microseconds() {
         created_at: NaiveDate::from_ymd_opt(2023, 1, 1)
             .unwrap()
             .and_hms_micro_opt(0, 0, 0, 1)
-            .unwrap(),
+            .unwrap()
+            .into(),
         ..contact()
     };
     let p = project_contact(&c, &rules());

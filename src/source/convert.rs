@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDateTime;
 use uuid::Uuid;
 
+use crate::Timestamp;
 use crate::decode::{Datum, LogicalMessage, OldTuple, Relation, Tuple};
 use crate::project::change::{Change, ContactImage, ToastableColumn, Unchanged};
 use crate::project::{CONTACT_COLUMNS, Contact, FieldValue, VALUE_COLUMNS};
@@ -77,6 +77,28 @@ pub struct CustomerEdit {
     /// The values of [`REVERSE_COLUMNS`], in order: `None` for a large value the update
     /// did not touch (unchanged TOAST: not sent, so not carried back).
     pub values: [Option<Option<String>>; 8],
+    /// The same columns before the update, when the stream carries the old row
+    /// (`REPLICA IDENTITY FULL` on `customers`, which `leadsync setup` sets).
+    pub before: Option<[Option<String>; 8]>,
+}
+
+impl CustomerEdit {
+    /// The carried columns the update changed, as (contact column, new value). Without the
+    /// old row every carried column counts, and the apply stage keeps those that differ
+    /// from what leadsync holds for the contact.
+    pub fn changed(&self) -> Vec<(&'static str, Option<String>)> {
+        REVERSE_COLUMNS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, to))| {
+                let new = self.values[i].as_ref()?;
+                match &self.before {
+                    Some(before) if before[i] == *new => None,
+                    _ => Some((*to, new.clone())),
+                }
+            })
+            .collect()
+    }
 }
 
 /// A change could not be turned into domain terms.
@@ -87,8 +109,21 @@ pub enum ConvertError {
          the column (nothing after this change has been applied), or stop the migration"
     )]
     MissingColumn { table: String, column: &'static str },
+    #[error(
+        "column {table}.{column} changed to a type leadsync cannot read as {expected} (type \
+         oid {oid}); change it back to a compatible type (nothing after this change has been \
+         applied), or stop the migration"
+    )]
+    IncompatibleType {
+        table: String,
+        column: &'static str,
+        expected: &'static str,
+        oid: u32,
+    },
     #[error("{table}.{column}: {reason}")]
     BadValue {
+        /// The contact the row belongs to, when its key could be read.
+        contact_id: Option<Uuid>,
         table: &'static str,
         column: &'static str,
         reason: String,
@@ -101,6 +136,31 @@ impl ConvertError {
     /// Whether the error concerns one row (a dead letter) rather than the stream.
     pub fn is_bad_row(&self) -> bool {
         matches!(self, ConvertError::BadValue { .. })
+    }
+
+    /// The contact a bad row belongs to, when its key could be read.
+    pub fn contact_id(&self) -> Option<Uuid> {
+        match self {
+            ConvertError::BadValue { contact_id, .. } => *contact_id,
+            _ => None,
+        }
+    }
+
+    fn of_contact(self, id: Option<Uuid>) -> ConvertError {
+        match self {
+            ConvertError::BadValue {
+                contact_id: None,
+                table,
+                column,
+                reason,
+            } => ConvertError::BadValue {
+                contact_id: id,
+                table,
+                column,
+                reason,
+            },
+            other => other,
+        }
     }
 }
 
@@ -173,12 +233,13 @@ impl Converter {
             ),
         };
         let mut positions = HashMap::new();
+        let qualified = || format!("{}.{}", relation.namespace, relation.name);
         for &column in required {
             let index =
                 relation
                     .column_index(column)
                     .ok_or_else(|| ConvertError::MissingColumn {
-                        table: format!("{}.{}", relation.namespace, relation.name),
+                        table: qualified(),
                         column,
                     })?;
             positions.insert(column, index);
@@ -186,6 +247,18 @@ impl Converter {
         for &column in optional {
             if let Some(index) = relation.column_index(column) {
                 positions.insert(column, index);
+            }
+        }
+        for (&column, &index) in &positions {
+            let oid = relation.columns[index].type_oid;
+            let expected = read_as(table, column);
+            if !compatible(expected, oid) {
+                return Err(ConvertError::IncompatibleType {
+                    table: qualified(),
+                    column,
+                    expected,
+                    oid,
+                });
             }
         }
         self.layouts
@@ -216,20 +289,27 @@ impl Converter {
                 let Some(layout) = self.layouts.get(&update.relation_id) else {
                     return Ok(Vec::new());
                 };
-                let new = upsert_event(layout, &update.new)?;
-                let mut out = Vec::with_capacity(2);
-                if let Some(old) = &update.old {
-                    let old = match old {
-                        OldTuple::Key(t) | OldTuple::Full(t) => t,
+                if layout.table == SourceTable::Customers {
+                    let before = match &update.old {
+                        Some(OldTuple::Full(old)) => Some(carried_values(layout, old)?),
+                        _ => None,
                     };
-                    if let Some(old_key) = delete_event(layout, old)?
-                        && key_of(&old_key) != key_of(&new)
-                    {
-                        out.push(old_key);
-                    }
+                    return Ok(vec![customer_edit(layout, &update.new, before)?]);
                 }
-                out.push(new);
-                Ok(out)
+                let mut new = upsert_event(layout, &update.new)?;
+                let old_key = match &update.old {
+                    Some(OldTuple::Key(t) | OldTuple::Full(t)) => delete_event(layout, t)?,
+                    None => None,
+                };
+                Ok(match old_key {
+                    Some(old) if key_of(&old) != key_of(&new) => {
+                        // The row moved to a new key. What the update did not resend is the
+                        // old row's, so the new row is read first, then the old one leaves.
+                        moved_from(&mut new, &old);
+                        vec![new, old]
+                    }
+                    _ => vec![new],
+                })
             }
             LogicalMessage::Delete(delete) => {
                 let Some(layout) = self.layouts.get(&delete.relation_id) else {
@@ -257,13 +337,31 @@ impl Converter {
     }
 }
 
+/// Records in the new row of a key change which row it was before.
+fn moved_from(new: &mut SourceEvent, old: &SourceEvent) {
+    match (new, old) {
+        (
+            SourceEvent::Change(Change::UpsertContact(image)),
+            SourceEvent::Change(Change::DeleteContact(previous)),
+        ) => image.previous_id = Some(*previous),
+        (
+            SourceEvent::Change(Change::UpsertValueKeepingValue(_, previous)),
+            SourceEvent::Change(Change::DeleteValue {
+                contact_id,
+                field_id,
+            }),
+        ) => *previous = Some((*contact_id, *field_id)),
+        _ => {}
+    }
+}
+
 /// The key of an event, to tell a key change from an ordinary update.
 fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
     match event {
         SourceEvent::Change(change) => match change {
             Change::UpsertContact(image) => Some((image.contact.id, None)),
             Change::DeleteContact(id) => Some((*id, None)),
-            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v) => {
+            Change::UpsertValue(v) | Change::UpsertValueKeepingValue(v, _) => {
                 Some((v.contact_id, Some(v.field_id)))
             }
             Change::DeleteValue {
@@ -286,6 +384,7 @@ impl<'a> Row<'a> {
     fn datum(&self, column: &'static str) -> Result<&'a Datum, ConvertError> {
         let index = self.layout.positions[column];
         self.tuple.0.get(index).ok_or(ConvertError::BadValue {
+            contact_id: None,
             table: self.layout.table.name(),
             column,
             reason: format!("the row has {} columns, none at {index}", self.tuple.len()),
@@ -294,6 +393,7 @@ impl<'a> Row<'a> {
 
     fn bad(&self, column: &'static str, reason: impl Into<String>) -> ConvertError {
         ConvertError::BadValue {
+            contact_id: None,
             table: self.layout.table.name(),
             column,
             reason: reason.into(),
@@ -333,16 +433,73 @@ fn parse_uuid(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text).map_err(|e| format!("`{text}` is not a UUID: {e}"))
 }
 
-fn parse_i32(text: &str) -> Result<i32, String> {
+fn parse_i64(text: &str) -> Result<i64, String> {
     text.parse()
-        .map_err(|_| format!("`{text}` is not a 32-bit integer"))
+        .map_err(|_| format!("`{text}` is not an integer of at most 64 bits"))
 }
 
-/// A `timestamp without time zone` in ISO output (`2024-01-02 03:04:05.123456`).
-pub fn parse_timestamp(text: &str) -> Result<NaiveDateTime, String> {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| {
-        format!("`{text}` is not a timestamp leadsync can carry (ISO, no era or infinity)")
-    })
+/// A `timestamp` or `timestamptz` in ISO output (`2024-01-02 03:04:05.123456`, `…+00`,
+/// `infinity`, `… BC`).
+pub fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(text)
+}
+
+/// The SQL type leadsync reads a column as (see [`CONTACT_COLUMNS`]).
+fn read_as(table: SourceTable, column: &str) -> &'static str {
+    let listed = |columns: &[(&'static str, &'static str)]| {
+        columns
+            .iter()
+            .find(|(name, _)| *name == column)
+            .map(|(_, ty)| *ty)
+    };
+    match table {
+        SourceTable::Contacts => listed(&CONTACT_COLUMNS),
+        SourceTable::ContactCustomFields => listed(&VALUE_COLUMNS).map(|ty| match ty {
+            "text" => "jsonb",
+            other => other,
+        }),
+        SourceTable::CustomFields => Some(if column == "id" { "uuid" } else { "text" }),
+        SourceTable::Customers => Some(match column {
+            "cst_id" | "migrated_from_contact_id" => "uuid",
+            "deleted_at" => "timestamp",
+            _ => "text",
+        }),
+    }
+    .unwrap_or("text")
+}
+
+/// Built-in type OIDs leadsync reads.
+mod oid {
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+    /// The first OID of objects made after `initdb` (extension types such as `citext`).
+    pub const FIRST_USER: u32 = 16_384;
+}
+
+/// Whether a column of type `oid` can be read as `expected` without losing anything: the
+/// compatible changes of SPEC §5 (`timestamp` ↔ `timestamptz`, `varchar(n)` ↔ `text`,
+/// integer widths), and for text any type made after `initdb` (`citext`, a domain), which
+/// prints as text.
+fn compatible(expected: &str, type_oid: u32) -> bool {
+    match expected {
+        "uuid" => type_oid == oid::UUID,
+        "int8" => matches!(type_oid, oid::INT2 | oid::INT4 | oid::INT8),
+        "timestamp" => matches!(type_oid, oid::TIMESTAMP | oid::TIMESTAMPTZ),
+        "jsonb" => matches!(type_oid, oid::JSONB | oid::JSON),
+        _ => {
+            matches!(type_oid, oid::TEXT | oid::VARCHAR | oid::BPCHAR)
+                || type_oid >= oid::FIRST_USER
+        }
+    }
 }
 
 fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
@@ -359,54 +516,63 @@ fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertEr
                 }
                 Ok(row.text(column)?.map(str::to_owned))
             };
-            let contact = Contact {
-                id: row.required("id", parse_uuid)?,
-                workspace_id: row.required("workspace_id", parse_uuid)?,
-                firstname: text("firstname")?,
-                lastname: text("lastname")?,
-                email: text("email")?,
-                phone_number: text("phone_number")?,
-                st_address: text("st_address")?,
-                city: text("city")?,
-                state: text("state")?,
-                zip: text("zip")?,
-                lead_status: text("lead_status")?,
-                lead_source: text("lead_source")?,
-                tags: text("tags")?,
-                appointment_status_id: row.optional("appointment_status_id", parse_i32)?,
-                appointment_result_id: row.optional("appointment_result_id", parse_i32)?,
-                appointment_date: row.optional("appointment_date", parse_timestamp)?,
-                priority: row.optional("priority", parse_i32)?,
-                created_at: row.required("created_at", parse_timestamp)?,
-                updated_at: row.required("updated_at", parse_timestamp)?,
-                created_by: row.optional("created_by", parse_uuid)?,
-            };
+            let id = row.required("id", parse_uuid)?;
+            let contact = (|| {
+                Ok(Contact {
+                    id,
+                    workspace_id: row.required("workspace_id", parse_uuid)?,
+                    firstname: text("firstname")?,
+                    lastname: text("lastname")?,
+                    email: text("email")?,
+                    phone_number: text("phone_number")?,
+                    st_address: text("st_address")?,
+                    city: text("city")?,
+                    state: text("state")?,
+                    zip: text("zip")?,
+                    lead_status: text("lead_status")?,
+                    lead_source: text("lead_source")?,
+                    tags: text("tags")?,
+                    appointment_status_id: row.optional("appointment_status_id", parse_i64)?,
+                    appointment_result_id: row.optional("appointment_result_id", parse_i64)?,
+                    appointment_date: row.optional("appointment_date", parse_timestamp)?,
+                    priority: row.optional("priority", parse_i64)?,
+                    created_at: row.required("created_at", parse_timestamp)?,
+                    updated_at: row.required("updated_at", parse_timestamp)?,
+                    created_by: row.optional("created_by", parse_uuid)?,
+                })
+            })()
+            .map_err(|e: ConvertError| e.of_contact(Some(id)))?;
             Ok(SourceEvent::Change(Change::UpsertContact(ContactImage {
                 contact,
                 unchanged,
+                previous_id: None,
             })))
         }
         SourceTable::ContactCustomFields => {
             // A large jsonb value that the update did not touch arrives unchanged: the
             // planner keeps the value it holds.
-            let unchanged = matches!(row.datum("value")?, Datum::UnchangedToast);
-            let value = FieldValue {
-                contact_id: row.required("contact_id", parse_uuid)?,
-                field_id: row.required("field_id", parse_uuid)?,
-                value: if unchanged {
-                    None
+            let contact_id = row.required("contact_id", parse_uuid)?;
+            let read = || -> Result<_, ConvertError> {
+                let unchanged = matches!(row.datum("value")?, Datum::UnchangedToast);
+                let value = FieldValue {
+                    contact_id,
+                    field_id: row.required("field_id", parse_uuid)?,
+                    value: if unchanged {
+                        None
+                    } else {
+                        row.text("value")?.map(str::to_owned)
+                    },
+                    created_at: row.required("created_at", parse_timestamp)?,
+                    updated_at: row.required("updated_at", parse_timestamp)?,
+                    created_by: row.optional("created_by", parse_uuid)?,
+                };
+                Ok(SourceEvent::Change(if unchanged {
+                    Change::UpsertValueKeepingValue(value, None)
                 } else {
-                    row.text("value")?.map(str::to_owned)
-                },
-                created_at: row.required("created_at", parse_timestamp)?,
-                updated_at: row.required("updated_at", parse_timestamp)?,
-                created_by: row.optional("created_by", parse_uuid)?,
+                    Change::UpsertValue(value)
+                }))
             };
-            Ok(SourceEvent::Change(if unchanged {
-                Change::UpsertValueKeepingValue(value)
-            } else {
-                Change::UpsertValue(value)
-            }))
+            read().map_err(|e| e.of_contact(Some(contact_id)))
         }
         SourceTable::CustomFields => Ok(SourceEvent::FieldUpsert {
             id: row.required("id", parse_uuid)?,
@@ -416,11 +582,25 @@ fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertEr
                 None
             },
         }),
-        SourceTable::Customers => customer_edit(layout, tuple),
+        SourceTable::Customers => customer_edit(layout, tuple, None),
     }
 }
 
-fn customer_edit(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
+/// The reverse-sync columns of a complete `customers` row (an old row sends every value).
+fn carried_values(layout: &Layout, tuple: &Tuple) -> Result<[Option<String>; 8], ConvertError> {
+    let row = Row { layout, tuple };
+    let mut values: [Option<String>; 8] = Default::default();
+    for (slot, (column, _)) in values.iter_mut().zip(REVERSE_COLUMNS) {
+        *slot = row.text(column)?.map(str::to_owned);
+    }
+    Ok(values)
+}
+
+fn customer_edit(
+    layout: &Layout,
+    tuple: &Tuple,
+    before: Option<[Option<String>; 8]>,
+) -> Result<SourceEvent, ConvertError> {
     let row = Row { layout, tuple };
     let mut values: [Option<Option<String>>; 8] = Default::default();
     for (slot, (column, _)) in values.iter_mut().zip(REVERSE_COLUMNS) {
@@ -434,6 +614,7 @@ fn customer_edit(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertE
         migrated_from: row.optional("migrated_from_contact_id", parse_uuid)?,
         deleted: row.text("deleted_at")?.is_some(),
         values,
+        before,
     }))
 }
 

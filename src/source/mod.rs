@@ -15,11 +15,6 @@ use crate::config::Settings;
 use crate::db;
 use crate::error::{ErrorKind, is_transient_sqlstate};
 
-/// Session settings of the replication connection: values are decoded as text, so pin the
-/// formats they are printed in.
-const REPLICATION_OPTIONS: &str =
-    "-c datestyle=ISO,MDY -c TimeZone=UTC -c intervalstyle=postgres -c extra_float_digits=3";
-
 /// Events buffered between the socket reader and the apply loop. Bounds memory; the reader
 /// keeps answering the server while the buffer is full.
 const BUFFER_EVENTS: usize = 4_096;
@@ -203,7 +198,8 @@ fn replication_config_with(
     .with_wakeup_interval(Duration::from_millis(settings.slot.status_interval_ms))
     .with_buffer_size(BUFFER_EVENTS)
     .with_application_name("leadsync");
-    config.options = Some(REPLICATION_OPTIONS.to_owned());
+    // Values are decoded as text: the same fixed formats as every other session.
+    config.options = Some(db::SESSION_OPTIONS.to_owned());
     Ok(config)
 }
 

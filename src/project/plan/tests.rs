@@ -7,6 +7,10 @@ fn ts(text: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
 }
 
+fn pg(text: &str) -> crate::Timestamp {
+    crate::Timestamp::parse(text).unwrap()
+}
+
 const C: Uuid = Uuid::from_u128(0xC1);
 const F_CONTACT: Uuid = Uuid::from_u128(0xF1);
 const F_LEAD: Uuid = Uuid::from_u128(0xF2);
@@ -31,8 +35,8 @@ fn contact() -> Contact {
         appointment_result_id: None,
         appointment_date: None,
         priority: None,
-        created_at: ts("2023-01-01 00:00:00"),
-        updated_at: ts("2023-01-02 00:00:00"),
+        created_at: pg("2023-01-01 00:00:00"),
+        updated_at: pg("2023-01-02 00:00:00"),
         created_by: None,
     }
 }
@@ -47,7 +51,7 @@ fn with_lead(status: &str) -> Contact {
 
 fn with_appointment(status: &str) -> Contact {
     Contact {
-        appointment_date: Some(ts("2024-05-01 10:00:00")),
+        appointment_date: Some(pg("2024-05-01 10:00:00")),
         appointment_status_id: Some(4),
         ..with_lead(status)
     }
@@ -58,8 +62,8 @@ fn value(field: Uuid, json: &str) -> FieldValue {
         contact_id: C,
         field_id: field,
         value: Some(json.into()),
-        created_at: ts("2023-02-01 00:00:00"),
-        updated_at: ts("2023-02-01 00:00:00"),
+        created_at: pg("2023-02-01 00:00:00"),
+        updated_at: pg("2023-02-01 00:00:00"),
         created_by: None,
     }
 }
@@ -349,7 +353,7 @@ fn unchanged_toast_tags_come_from_the_mirror_and_decide_the_product() {
 }
 
 #[test]
-fn unchanged_column_without_prior_is_a_dead_letter() {
+fn unchanged_column_without_prior_is_recorded_and_waits_for_a_reread() {
     let mut image = ContactImage::complete(contact());
     image.unchanged.insert(ToastableColumn::Tags);
     let p = plan(
@@ -359,14 +363,123 @@ fn unchanged_column_without_prior_is_a_dead_letter() {
             at(upsert(with_lead("new")), "2024-01-01 00:00:01", 20),
         ],
     );
-    assert!(p.writes.is_empty() && p.mirror_contacts.is_empty());
-    assert_eq!(p.dead_letters.len(), 1);
-    assert!(
-        p.dead_letters[0].error.contains("tags"),
-        "{:?}",
-        p.dead_letters
+    assert!(p.writes.is_empty(), "incomplete state is not projected");
+    assert_eq!(
+        p.mirror_contacts,
+        vec![with_lead("new")],
+        "the state moves on"
     );
-    assert_eq!(p.dead_letters[0].lsn, Lsn(20));
+    assert_eq!(p.dead_letters.len(), 1);
+    let dead = &p.dead_letters[0];
+    assert!(dead.error.contains("tags"), "{dead:?}");
+    assert_eq!((dead.contact_id, dead.lsn), (Some(C), Lsn(20)));
+    assert!(dead.state_incomplete);
+}
+
+#[test]
+fn a_contact_with_incomplete_state_waits_until_a_reread() {
+    let mut prior = prior_with(Some(with_lead("new")), &[value(F_LEAD, "1")]);
+    prior.dirty.insert(C);
+    prior.incomplete.insert(C);
+    // An unrelated later change: recorded, but no rows are written and nothing resolves.
+    let p = plan(
+        &prior,
+        &[at(upsert(with_lead("won")), "2024-01-01 00:00:00", 10)],
+    );
+    assert!(p.writes.is_empty(), "{p:#?}");
+    assert!(p.dead_letters.is_empty());
+    assert_eq!(p.mirror_contacts, vec![with_lead("won")]);
+    // A refresh from that state does not resolve it either; a re-read does.
+    let p = plan(&prior, &[at(Change::Refresh(C), "2024-01-01 00:00:00", 10)]);
+    assert!(p.writes.is_empty());
+    let p = plan(
+        &prior,
+        &[at(
+            Change::Reset {
+                id: C,
+                contact: Some(with_lead("lost")),
+                values: vec![value(F_LEAD, "2")],
+            },
+            "2024-01-01 00:00:00",
+            10,
+        )],
+    );
+    let w = only_writes(&p);
+    assert!(w.resolves_dead_letters);
+    assert!(matches!(&w.lead, Some(RowWrite::Upsert(l)) if l.disposition == "lost"));
+}
+
+#[test]
+fn a_key_change_takes_unchanged_columns_from_the_old_row() {
+    const NEW: Uuid = Uuid::from_u128(0xC2);
+    let old = Contact {
+        tags: Some(format!("{} roofing", "x".repeat(20_000))),
+        ..with_lead("new")
+    };
+    let mut image = ContactImage::complete(Contact {
+        id: NEW,
+        tags: None,
+        ..with_lead("new")
+    });
+    image.unchanged.insert(ToastableColumn::Tags);
+    image.previous_id = Some(C);
+    let p = plan(
+        &prior_with(Some(old.clone()), &[]),
+        &[
+            at(Change::UpsertContact(image), "2024-01-01 00:00:00", 10),
+            at(Change::DeleteContact(C), "2024-01-01 00:00:00", 10),
+        ],
+    );
+    assert!(p.dead_letters.is_empty(), "{:?}", p.dead_letters);
+    let moved = Contact { id: NEW, ..old };
+    assert_eq!(p.mirror_contacts, vec![moved]);
+    assert_eq!(p.mirror_contacts_deleted, vec![C]);
+    let new_writes = p.writes.iter().find(|w| w.contact_id == NEW).unwrap();
+    let Some(RowWrite::Upsert(lead)) = &new_writes.lead else {
+        panic!("{new_writes:#?}")
+    };
+    assert_eq!(lead.productid, "ROOFING");
+}
+
+#[test]
+fn a_value_moved_to_another_field_keeps_its_unchanged_value() {
+    let big = format!("\"{}\"", "v".repeat(10_000));
+    let held = value(F_CONTACT, &big);
+    let mut moved = value(F_LEAD, "ignored");
+    moved.value = None;
+    let p = plan(
+        &prior_with(Some(with_lead("new")), std::slice::from_ref(&held)),
+        &[
+            at(
+                Change::UpsertValueKeepingValue(moved.clone(), Some((C, F_CONTACT))),
+                "2024-06-01 00:00:00",
+                10,
+            ),
+            at(
+                Change::DeleteValue {
+                    contact_id: C,
+                    field_id: F_CONTACT,
+                },
+                "2024-06-01 00:00:00",
+                10,
+            ),
+        ],
+    );
+    assert!(p.dead_letters.is_empty(), "{:?}", p.dead_letters);
+    let kept = FieldValue {
+        value: Some(big.clone()),
+        ..moved
+    };
+    assert_eq!(p.mirror_values, vec![kept]);
+    assert_eq!(p.mirror_values_deleted, vec![(C, F_CONTACT)]);
+    let w = only_writes(&p);
+    assert!(w.values.contains(&ValueWrite::Delete {
+        table: ValueTable::CustomerCustomFields,
+        parent_id: C,
+        field_id: F_CONTACT,
+    }));
+    assert!(w.values.iter().any(|v| matches!(v,
+        ValueWrite::Upsert(r) if r.table == ValueTable::LeadCustomFields && r.value.as_deref() == Some(big.as_str()))));
 }
 
 #[test]
@@ -608,11 +721,11 @@ fn an_unchanged_toasted_value_keeps_the_value_leadsync_holds() {
     let held = value(F_CONTACT, &big);
     let mut touched = value(F_CONTACT, "ignored");
     touched.value = None;
-    touched.updated_at = ts("2024-06-01 00:00:00");
+    touched.updated_at = pg("2024-06-01 00:00:00");
     let p = plan(
         &prior_with(Some(contact()), std::slice::from_ref(&held)),
         &[at(
-            Change::UpsertValueKeepingValue(touched.clone()),
+            Change::UpsertValueKeepingValue(touched.clone(), None),
             "2024-06-01 00:00:00",
             10,
         )],
@@ -626,17 +739,18 @@ fn an_unchanged_toasted_value_keeps_the_value_leadsync_holds() {
         panic!("{p:#?}")
     };
     assert_eq!(routed.value, kept.value);
-    assert_eq!(routed.updated_at, ts("2024-06-01 00:00:00"));
+    assert_eq!(routed.updated_at, pg("2024-06-01 00:00:00"));
 
     let p = plan(
         &prior_with(Some(contact()), &[]),
         &[at(
-            Change::UpsertValueKeepingValue(value(F_LEAD, "x")),
+            Change::UpsertValueKeepingValue(value(F_LEAD, "x"), None),
             "2024-06-01 00:00:00",
             10,
         )],
     );
     assert_eq!(p.dead_letters.len(), 1);
+    assert!(p.dead_letters[0].state_incomplete);
     assert!(p.writes.is_empty());
 }
 

@@ -19,10 +19,27 @@ fn relation(id: u32, ns: &str, name: &str, columns: &[&str]) -> Relation {
             .map(|c| RelationColumn {
                 is_key: *c == "id",
                 name: (*c).into(),
-                type_oid: 25,
+                type_oid: type_of(c),
                 type_modifier: -1,
             })
             .collect(),
+    }
+}
+
+/// The type OID a column of the legacy or target tables has.
+fn type_of(column: &str) -> u32 {
+    match column {
+        "id"
+        | "workspace_id"
+        | "created_by"
+        | "contact_id"
+        | "field_id"
+        | "cst_id"
+        | "migrated_from_contact_id" => 2950,
+        "appointment_status_id" | "appointment_result_id" | "priority" => 23,
+        "appointment_date" | "created_at" | "updated_at" | "deleted_at" => 1114,
+        "value" => 3802,
+        _ => 25,
     }
 }
 
@@ -69,7 +86,7 @@ fn converter() -> Converter {
     c
 }
 
-fn ts(text: &str) -> NaiveDateTime {
+fn ts(text: &str) -> crate::Timestamp {
     parse_timestamp(text).unwrap()
 }
 
@@ -107,6 +124,7 @@ fn insert_of_a_contact_reads_every_projected_column() {
                 created_by: None,
             },
             unchanged: Unchanged::NONE,
+            previous_id: None,
         }))]
     );
 }
@@ -129,7 +147,7 @@ fn unchanged_toast_is_recorded_not_nulled() {
 }
 
 #[test]
-fn a_key_change_is_a_delete_and_an_insert() {
+fn a_key_change_reads_the_new_row_then_deletes_the_old() {
     let mut old = vec![Datum::Null; 21];
     old[0] = t("00000000-0000-0000-0000-0000000000c0");
     let events = converter()
@@ -139,17 +157,16 @@ fn a_key_change_is_a_delete_and_an_insert() {
             new: contact_tuple(t("new"), t("solar")),
         }))
         .unwrap();
+    let previous: Uuid = "00000000-0000-0000-0000-0000000000c0".parse().unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(
-        events[0],
-        SourceEvent::Change(Change::DeleteContact(
-            "00000000-0000-0000-0000-0000000000c0".parse().unwrap()
-        ))
-    );
     assert!(matches!(
-        events[1],
-        SourceEvent::Change(Change::UpsertContact(_))
+        &events[0],
+        SourceEvent::Change(Change::UpsertContact(image)) if image.previous_id == Some(previous)
     ));
+    assert_eq!(
+        events[1],
+        SourceEvent::Change(Change::DeleteContact(previous))
+    );
 }
 
 #[test]
@@ -315,9 +332,9 @@ fn dropping_a_projected_column_is_an_error_but_an_unread_one_is_not() {
 }
 
 #[test]
-fn bad_values_name_table_and_column() {
+fn bad_values_name_table_column_and_contact() {
     let mut tuple = contact_tuple(t("new"), t("solar"));
-    tuple.0[16] = t("infinity");
+    tuple.0[16] = t("01/05/2024 10:00");
     let err = converter()
         .convert(&LogicalMessage::Insert(Insert {
             relation_id: 16400,
@@ -325,10 +342,92 @@ fn bad_values_name_table_and_column() {
         }))
         .unwrap_err();
     assert!(err.is_bad_row());
+    assert_eq!(err.contact_id(), Some(Uuid::parse_str(ID).unwrap()));
     assert!(
         err.to_string().starts_with("contacts.appointment_date"),
         "{err}"
     );
+    // Without a readable key there is no contact to name.
+    let mut tuple = contact_tuple(t("new"), t("solar"));
+    tuple.0[0] = t("not-a-uuid");
+    let err = converter()
+        .convert(&LogicalMessage::Insert(Insert {
+            relation_id: 16400,
+            new: tuple,
+        }))
+        .unwrap_err();
+    assert_eq!(err.contact_id(), None);
+}
+
+fn insert_contact(c: &Converter, tuple: Tuple) -> Contact {
+    match c
+        .convert(&LogicalMessage::Insert(Insert {
+            relation_id: 16400,
+            new: tuple,
+        }))
+        .unwrap()
+        .pop()
+    {
+        Some(SourceEvent::Change(Change::UpsertContact(image))) => image.contact,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn infinite_and_far_timestamps_are_read_as_they_are() {
+    let mut tuple = contact_tuple(t("new"), t("solar"));
+    tuple.0[16] = t("infinity");
+    tuple.0[18] = t("-infinity");
+    tuple.0[19] = t("200000-01-01 00:00:00");
+    let contact = insert_contact(&converter(), tuple);
+    assert_eq!(contact.appointment_date, Some(crate::Timestamp::INFINITY));
+    assert_eq!(contact.created_at, crate::Timestamp::NEG_INFINITY);
+    assert_eq!(contact.updated_at, ts("200000-01-01 00:00:00"));
+}
+
+#[test]
+fn compatible_type_changes_read_the_same_values() {
+    // timestamptz (printed in UTC), bigint and varchar instead of timestamp, int and text.
+    let mut relation = contacts_relation();
+    for column in &mut relation.columns {
+        column.type_oid = match column.type_oid {
+            1114 => 1184,
+            23 => 20,
+            25 => 1043,
+            other => other,
+        };
+    }
+    let mut c = Converter::new("public", "public");
+    c.observe_relation(&relation).unwrap();
+    let mut tuple = contact_tuple(t("new"), t("solar"));
+    tuple.0[16] = t("2024-05-01 10:00:00+00");
+    tuple.0[17] = t("5000000000");
+    tuple.0[18] = t("2023-01-01 05:30:00.123456+05:30");
+    tuple.0[19] = t("2023-01-02 00:00:00+00");
+    let contact = insert_contact(&c, tuple);
+    let plain = insert_contact(&converter(), contact_tuple(t("new"), t("solar")));
+    assert_eq!(contact.appointment_date, plain.appointment_date);
+    assert_eq!(contact.created_at, plain.created_at);
+    assert_eq!(contact.updated_at, plain.updated_at);
+    assert_eq!(contact.priority, Some(5_000_000_000));
+}
+
+#[test]
+fn an_incompatible_type_change_stops_with_the_column_named() {
+    for (column, oid) in [("appointment_date", 25u32), ("priority", 1700), ("id", 25)] {
+        let mut relation = contacts_relation();
+        let at = relation.column_index(column).unwrap();
+        relation.columns[at].type_oid = oid;
+        let err = Converter::new("public", "public")
+            .observe_relation(&relation)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConvertError::IncompatibleType { column: c, oid: o, .. } if *c == column && *o == oid),
+            "{err:?}"
+        );
+        assert!(!err.is_bad_row());
+        assert!(err.to_string().contains("change it back"), "{err}");
+    }
 }
 
 fn customers_relation() -> Relation {
@@ -375,6 +474,37 @@ fn customer_tuple(address1: Datum, deleted_at: Datum, migrated_from: Datum) -> T
 }
 
 #[test]
+fn a_full_old_customer_row_tells_which_columns_the_update_changed() {
+    let mut c = converter();
+    c.observe_relation(&customers_relation()).unwrap();
+    let old = customer_tuple(t("1 Main St"), Datum::Null, t(ID));
+    let mut new = old.clone();
+    new.0[3] = t("Anabel"); // firstname
+    new.0[7] = t("changed"); // phone2: not carried
+    new.0[11] = Datum::Null; // zip: '' -> NULL
+    let events = c
+        .convert(&LogicalMessage::Update(Update {
+            relation_id: 16500,
+            old: Some(OldTuple::Full(old)),
+            new,
+        }))
+        .unwrap();
+    let [SourceEvent::CustomerUpdate(edit)] = events.as_slice() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        edit.changed(),
+        vec![("firstname", Some("Anabel".into())), ("zip", None)]
+    );
+    // Without the old row, every carried column that was sent counts.
+    let without = CustomerEdit {
+        before: None,
+        ..edit.clone()
+    };
+    assert_eq!(without.changed().len(), 8);
+}
+
+#[test]
 fn customer_updates_carry_the_reverse_columns_and_nothing_else_is_read() {
     let mut c = converter();
     c.observe_relation(&customers_relation()).unwrap();
@@ -402,6 +532,7 @@ fn customer_updates_carry_the_reverse_columns_and_nothing_else_is_read() {
                 Some(Some("FL".into())),
                 Some(Some(String::new())),
             ],
+            before: None,
         })]
     );
     let native = update(customer_tuple(
