@@ -428,6 +428,42 @@ impl TestDb {
         }
     }
 
+    /// Waits until the daemon has caught up, then until no dead letter waits for a re-read
+    /// of its contact (the daemon files those re-reads itself), then until it has caught up
+    /// again. Panics with the pending ones and `context`.
+    pub async fn wait_rereads_done(
+        &self,
+        timeout: std::time::Duration,
+        context: &dyn Fn() -> String,
+    ) {
+        self.wait_caught_up(timeout, context).await;
+        let client = self.client().await;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pending: Vec<String> = client
+                .query(
+                    "SELECT format('%s %s: %s', id, contact_id, error) FROM leadsync.dead_letters
+                     WHERE status = 'pending' AND state_incomplete ORDER BY id",
+                    &[],
+                )
+                .await
+                .expect("dead letters")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dead letters still pending after {timeout:?}: {pending:#?}; {}",
+                context()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.wait_caught_up(timeout, context).await;
+    }
+
     /// Compares the owned target rows with the SQL projection of the source; panics with a
     /// report of every difference.
     pub async fn assert_projection(&self, settings: &Settings) {

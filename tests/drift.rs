@@ -252,6 +252,59 @@ async fn dropping_a_projected_column_stops_the_daemon_before_applying_anything_a
     );
     assert!(again.log().contains("contacts.tags"), "{}", again.log());
     assert_eq!(customer(&client, C1).await["firstname"], "Kept");
+
+    // The way out the message names, without teardown: restore the column with its values
+    // (here from leadsync's own copy, standing in for a backup) and restart. What changed
+    // while it was missing is re-read from the source; nothing is lost.
+    assert!(
+        again.log().contains("ADD COLUMN tags text"),
+        "{}",
+        again.log()
+    );
+    exec(
+        &client,
+        "ALTER TABLE contacts ADD COLUMN tags TEXT;
+         UPDATE contacts c SET tags = m.tags FROM leadsync.contacts m
+          WHERE m.id = c.id AND m.tags IS NOT NULL;",
+    )
+    .await;
+    exec(
+        &client,
+        &format!("UPDATE contacts SET tags = 'roofing', lead_status = 'won' WHERE id = '{C1}'"),
+    )
+    .await;
+    db.wait_slot_released().await;
+    let mut restored = Daemon::start(BIN, &daemon_env(&db));
+    db.wait_rereads_done(CATCH_UP, &|| restored.log()).await;
+    assert_running(&mut restored);
+    db.assert_projection(&db.settings()).await;
+    let c1 = customer(&client, C1).await;
+    assert_eq!(
+        c1["firstname"],
+        "Unseen",
+        "the change made while tags was missing; {}",
+        restored.log()
+    );
+    assert_eq!(value_count(&client, C1).await, 1);
+    let product: String = client
+        .query_one(
+            &format!("SELECT productid FROM leads WHERE migrated_from_contact_id = '{C1}'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(product, "ROOFING");
+    let replayed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM leadsync.dead_letters
+             WHERE status = 'replayed' AND contact_id = $1::text::uuid",
+            &[&C1],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replayed >= 1, "{}", restored.log());
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use leadsync::config::parse_rules;
 use leadsync::project::{
     Contact, ContactProjection, FieldContext, FieldValue, ProductRules, RoutedValue, ValueTable,
-    appointment_id_for, lead_id_for, project_contact, route_field_value,
+    appointment_id_for, contact_select, lead_id_for, project_contact, route_field_value,
 };
 use leadsync::reconcile::{
     DerivedId, DiffKind, ReconcileError, ReconcileOptions, Reconciliation, derived_ids_in_sql,
@@ -65,38 +65,13 @@ async fn generated_db(contacts: u64) -> (TestDb, Client) {
 async fn load_with_rust_projection(client: &Client, rules: &ProductRules) -> HashMap<String, i64> {
     let contacts: Vec<Contact> = client
         .query(
-            "SELECT id, workspace_id, firstname, lastname, email, phone_number, st_address, city,
-                    state, zip, lead_status, lead_source, tags, appointment_status_id,
-                    appointment_result_id, appointment_date, priority, created_at, updated_at,
-                    created_by
-             FROM contacts",
+            &format!("SELECT {} FROM contacts c", contact_select("c")),
             &[],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| Contact {
-            id: r.get(0),
-            workspace_id: r.get(1),
-            firstname: r.get(2),
-            lastname: r.get(3),
-            email: r.get(4),
-            phone_number: r.get(5),
-            st_address: r.get(6),
-            city: r.get(7),
-            state: r.get(8),
-            zip: r.get(9),
-            lead_status: r.get(10),
-            lead_source: r.get(11),
-            tags: r.get(12),
-            appointment_status_id: r.get(13),
-            appointment_result_id: r.get(14),
-            appointment_date: r.get(15),
-            priority: r.get(16),
-            created_at: r.get(17),
-            updated_at: r.get(18),
-            created_by: r.get(19),
-        })
+        .map(|r| Contact::from_columns(r).unwrap())
         .collect();
     let contexts: HashMap<Uuid, FieldContext> = client
         .query("SELECT id, context_type FROM custom_fields", &[])
@@ -114,14 +89,7 @@ async fn load_with_rust_projection(client: &Client, rules: &ProductRules) -> Has
         .await
         .unwrap()
         .iter()
-        .map(|r| FieldValue {
-            contact_id: r.get(0),
-            field_id: r.get(1),
-            value: r.get(2),
-            created_at: r.get(3),
-            updated_at: r.get(4),
-            created_by: r.get(5),
-        })
+        .map(|r| FieldValue::from_columns(r, 0).unwrap())
         .collect();
 
     let projections: HashMap<Uuid, ContactProjection> = contacts
@@ -218,7 +186,7 @@ async fn load_with_rust_projection(client: &Client, rules: &ProductRules) -> Has
                                 disposition, stg_id, priority, entrydate, lastchangedon,
                                 created_at, updated_at, created_by, migrated_from_contact_id)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::int[], $9::int[],
+                                  $6::text[], $7::text[], $8::int[], $9::int8[],
                                   $10::timestamp[], $11::timestamp[], $12::timestamp[],
                                   $13::timestamp[], $14::uuid[], $15::uuid[])",
             &[

@@ -162,6 +162,9 @@ pub struct Applier {
     parked_in_txn: usize,
     /// Customer edits may wait in `leadsync.reverse_queue` for a locked contact.
     reverse_queued: bool,
+    /// Contacts parked in the open transaction whose state lacks a change: the commit files
+    /// their re-read from the source.
+    reread: Vec<Uuid>,
     reverse_sql: ReverseSql,
     pub stats: ApplyStats,
 }
@@ -231,6 +234,7 @@ impl Applier {
             txn_changes: 0,
             parked_in_txn: 0,
             reverse_queued,
+            reread: Vec::new(),
             reverse_sql: ReverseSql::new(&settings.source.schema),
             stats: ApplyStats::default(),
         })
@@ -557,6 +561,11 @@ impl Applier {
         }
         self.parked_in_txn += 1;
         self.stats.dead_letters += 1;
+        if dead.state_incomplete
+            && let Some(contact) = dead.contact_id
+        {
+            self.reread.push(contact);
+        }
         let lsn = dead.lsn.to_string();
         let updated = match dead.contact_id {
             Some(contact_id) => self
@@ -778,6 +787,21 @@ impl Applier {
         }
         // Edits waiting for a contact that a legacy transaction held: that lock may be gone.
         self.retry_reverse_queue(lsn).await?;
+        if !self.reread.is_empty() {
+            // Filed with the dead letters, so a crash loses neither.
+            let contacts = std::mem::take(&mut self.reread);
+            let requests =
+                crate::cmd::dlq::file_rereads(&self.client, &self.source_schema, &contacts)
+                    .await
+                    .map_err(db_error(
+                        "filing the re-read of contacts whose state is incomplete",
+                    ))?;
+            tracing::info!(
+                contacts = contacts.len(),
+                requests = ?requests.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                "contacts whose changes could not be read are re-read from the source"
+            );
+        }
         let at = commit_time.and_utc();
         self.client
             .execute(
@@ -809,6 +833,7 @@ impl Applier {
     pub async fn rollback(&mut self) -> Result<(), ApplyError> {
         self.chunk.clear();
         self.parked_in_txn = 0;
+        self.reread.clear();
         if self.open {
             self.open = false;
             self.opened_at = None;

@@ -430,40 +430,10 @@ pub async fn run_dlq_retry(
         });
     }
 
-    // The workspace of each contact: the source's, or leadsync's own copy for a contact the
-    // source no longer has. Unknown anywhere: re-read every workspace.
     let contacts: Vec<Uuid> = contacts.into_iter().collect();
-    let s = quote_ident(&settings.source.schema);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT x.id, COALESCE(c.workspace_id, m.workspace_id)
-                 FROM unnest($1::uuid[]) AS x(id)
-                 LEFT JOIN {s}.contacts c ON c.id = x.id
-                 LEFT JOIN leadsync.contacts m ON m.id = x.id"
-            ),
-            &[&contacts],
-        )
+    let requests = file_rereads(&client, &settings.source.schema, &contacts)
         .await
-        .map_err(query_error("finding the contacts' workspaces"))?;
-    let workspaces: BTreeSet<Option<Uuid>> = rows.iter().map(|r| r.get(1)).collect();
-    let scopes: Vec<Option<Uuid>> = if workspaces.contains(&None) {
-        vec![None]
-    } else {
-        workspaces.into_iter().collect()
-    };
-    let mut requests = Vec::new();
-    for workspace in scopes {
-        let id: i64 = client
-            .query_one(
-                "INSERT INTO leadsync.resync_requests (workspace_id) VALUES ($1) RETURNING id",
-                &[&workspace],
-            )
-            .await
-            .map_err(query_error("filing a resync request"))?
-            .get(0);
-        requests.push((id, workspace));
-    }
+        .map_err(query_error("filing resync requests"))?;
     let request_ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
     let contacts_reread = wait_for_requests(&client, &request_ids, timeout).await?;
 
@@ -489,6 +459,62 @@ pub async fn run_dlq_retry(
         seconds: started.elapsed().as_secs_f64(),
         letters: outcomes,
     })
+}
+
+/// Files the re-sync requests that re-read `contacts` from the source: one per workspace
+/// of theirs (the source's, or leadsync's own copy for a contact the source no longer has;
+/// every workspace when one is unknown anywhere), except where a request for the same
+/// scope is still pending, which reads the current source anyway. Returns the requests
+/// filed, as (id, workspace).
+pub async fn file_rereads(
+    client: &Client,
+    source_schema: &str,
+    contacts: &[Uuid],
+) -> Result<Vec<(i64, Option<Uuid>)>, tokio_postgres::Error> {
+    let s = quote_ident(source_schema);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT x.id, COALESCE(c.workspace_id, m.workspace_id)
+                 FROM unnest($1::uuid[]) AS x(id)
+                 LEFT JOIN {s}.contacts c ON c.id = x.id
+                 LEFT JOIN leadsync.contacts m ON m.id = x.id"
+            ),
+            &[&contacts],
+        )
+        .await?;
+    let workspaces: BTreeSet<Option<Uuid>> = rows.iter().map(|r| r.get(1)).collect();
+    let scopes: Vec<Option<Uuid>> = if workspaces.contains(&None) {
+        vec![None]
+    } else {
+        workspaces.into_iter().collect()
+    };
+    let mut requests = Vec::new();
+    for workspace in scopes {
+        let filed = client
+            .query_opt(
+                "INSERT INTO leadsync.resync_requests (workspace_id)
+                 SELECT $1 WHERE NOT EXISTS (
+                   SELECT 1 FROM leadsync.resync_requests
+                   WHERE status = 'pending' AND workspace_id IS NOT DISTINCT FROM $1)
+                 RETURNING id",
+                &[&workspace],
+            )
+            .await?;
+        let id = match filed {
+            Some(row) => row.get(0),
+            None => client
+                .query_one(
+                    "SELECT max(id) FROM leadsync.resync_requests
+                     WHERE status = 'pending' AND workspace_id IS NOT DISTINCT FROM $1",
+                    &[&workspace],
+                )
+                .await?
+                .get(0),
+        };
+        requests.push((id, workspace));
+    }
+    Ok(requests)
 }
 
 /// Waits until every request is `done`; returns the contacts they re-read.

@@ -624,12 +624,7 @@ impl Stream<'_> {
 
     async fn on_message(&mut self, message: &LogicalMessage, lsn: Lsn) -> Result<(), RunError> {
         match message {
-            LogicalMessage::Relation(relation) => {
-                return self
-                    .converter
-                    .observe_relation(relation)
-                    .map_err(RunError::Convert);
-            }
+            LogicalMessage::Relation(relation) => return self.observe_relation(relation).await,
             LogicalMessage::Origin(origin) => {
                 if let Some(txn) = &mut self.txn {
                     txn.ours = origin.name == self.settings.origin_name();
@@ -699,9 +694,95 @@ impl Stream<'_> {
                     self.applier.truncate(&tables, commit_time, lsn).await?;
                 }
                 SourceEvent::CustomerUpdate(edit) => self.reverse(&edit, lsn).await?,
+                SourceEvent::Reread {
+                    contact_id,
+                    columns,
+                } => {
+                    self.resync.on_change(contact_id);
+                    self.applier
+                        .park(&DeadLetter {
+                            contact_id: Some(contact_id),
+                            lsn,
+                            source_table: self
+                                .converter
+                                .table_of(message.relation_id().unwrap_or_default())
+                                .map_or("unknown", |t| t.name()),
+                            operation: message.kind(),
+                            key: serde_json::json!({ "id": contact_id }),
+                            payload: serde_json::json!({ "columns_missing": columns }),
+                            error: format!(
+                                "contact {contact_id} changed at {lsn} while column(s) {} were \
+                                 missing from the stream or of another type; it is re-read \
+                                 from the source",
+                                columns.join(", ")
+                            ),
+                            state_incomplete: true,
+                        })
+                        .await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Learns a table's layout. A version that lacks a projected column (or has it with a
+    /// type leadsync cannot read) stops the daemon, unless the live table has the column
+    /// back: then the operator restored it, and the rows written under that version are
+    /// re-read from the source instead.
+    async fn observe_relation(
+        &mut self,
+        relation: &crate::decode::Relation,
+    ) -> Result<(), RunError> {
+        let error = match self.converter.observe_relation(relation) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !self.live_table_readable(relation).await? {
+            return Err(RunError::Convert(error));
+        }
+        let columns = self
+            .converter
+            .observe_relation_degraded(relation)
+            .map_err(|_| RunError::Convert(error.clone()))?;
+        tracing::warn!(
+            table = %format!("{}.{}", relation.namespace, relation.name),
+            columns = %columns.join(", "),
+            "the stream has rows written while projected columns were missing or of another type; the table has them back now, so those rows are re-read from the source"
+        );
+        Ok(())
+    }
+
+    /// Whether the table as it is now has every column the projection reads, each of a
+    /// type leadsync reads.
+    async fn live_table_readable(
+        &self,
+        relation: &crate::decode::Relation,
+    ) -> Result<bool, RunError> {
+        let rows = self
+            .applier
+            .client()
+            .query(
+                "SELECT attname::text, atttypid FROM pg_attribute
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&relation.id],
+            )
+            .await
+            .map_err(query_error("reading the table's columns"))?;
+        let live = crate::decode::Relation {
+            columns: rows
+                .iter()
+                .map(|r| crate::decode::RelationColumn {
+                    is_key: false,
+                    name: r.get(0),
+                    type_oid: r.get(1),
+                    type_modifier: -1,
+                })
+                .collect(),
+            ..relation.clone()
+        };
+        let mut scratch =
+            Converter::new(&self.settings.source.schema, &self.settings.target.schema);
+        Ok(!rows.is_empty() && scratch.observe_relation(&live).is_ok())
     }
 
     /// Reverse sync: an edit of a customer by anyone but leadsync goes back to its contact.

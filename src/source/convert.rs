@@ -52,6 +52,13 @@ pub enum SourceEvent {
     /// An update of a `customers` row (for reverse sync). Inserts and deletes of
     /// customers give nothing.
     CustomerUpdate(CustomerEdit),
+    /// A row of contact `contact_id` was written while the table lacked projected
+    /// `columns` (see [`Converter::observe_relation_degraded`]): the contact is read again
+    /// from the source.
+    Reread {
+        contact_id: Uuid,
+        columns: Vec<&'static str>,
+    },
 }
 
 /// The `customers` columns reverse sync carries back, with the `contacts` column each one
@@ -105,14 +112,24 @@ impl CustomerEdit {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
     #[error(
-        "column {table}.{column} is gone from the stream, but the projection reads it; restore \
-         the column (nothing after this change has been applied), or stop the migration"
+        "column {table}.{column} is gone from the stream, but the projection reads it. Nothing \
+         after this change has been applied. Restore the column with its values (ALTER TABLE \
+         {table} ADD COLUMN {column} {sql_type}, then put the values back) and restart \
+         leadsync: the rows changed while it was missing are re-read from the source. Or stop \
+         the migration"
     )]
-    MissingColumn { table: String, column: &'static str },
+    MissingColumn {
+        table: String,
+        column: &'static str,
+        /// The type to give it back.
+        sql_type: &'static str,
+    },
     #[error(
         "column {table}.{column} changed to a type leadsync cannot read as {expected} (type \
-         oid {oid}); change it back to a compatible type (nothing after this change has been \
-         applied), or stop the migration"
+         oid {oid}). Nothing after this change has been applied. Change it back to a \
+         compatible type (ALTER TABLE {table} ALTER COLUMN {column} TYPE …) and restart \
+         leadsync: the rows changed meanwhile are re-read from the source. Or stop the \
+         migration"
     )]
     IncompatibleType {
         table: String,
@@ -170,11 +187,49 @@ struct Layout {
     table: SourceTable,
     /// Column name → position, for the columns leadsync reads.
     positions: HashMap<&'static str, usize>,
+    /// Projected columns this version of the table lacks (or has with a type leadsync
+    /// cannot read), accepted only because the live table has them back: rows written
+    /// meanwhile are re-read from the source rather than read from the stream.
+    degraded: Vec<&'static str>,
 }
 
 /// Column names of a table the projection reads.
-fn names<const N: usize>(columns: &[(&'static str, &'static str); N]) -> [&'static str; N] {
-    columns.map(|(name, _)| name)
+const fn names<const N: usize>(columns: &[(&'static str, &'static str); N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = columns[i].0;
+        i += 1;
+    }
+    out
+}
+
+const CONTACT_NAMES: [&str; CONTACT_COLUMNS.len()] = names(&CONTACT_COLUMNS);
+const VALUE_NAMES: [&str; VALUE_COLUMNS.len()] = names(&VALUE_COLUMNS);
+
+/// The columns leadsync reads from a table: required, and read when present.
+fn columns_read(table: SourceTable) -> (&'static [&'static str], &'static [&'static str]) {
+    match table {
+        SourceTable::Contacts => (&CONTACT_NAMES, &[]),
+        SourceTable::ContactCustomFields => (&VALUE_NAMES, &[]),
+        SourceTable::CustomFields => (&["id"], &["context_type"]),
+        SourceTable::Customers => (
+            &[
+                "cst_id",
+                "migrated_from_contact_id",
+                "deleted_at",
+                "firstname",
+                "lastname",
+                "email",
+                "phone1",
+                "address1",
+                "city",
+                "state",
+                "zip",
+            ],
+            &[],
+        ),
+    }
 }
 
 /// Relation layouts and the conversion of row changes.
@@ -195,8 +250,29 @@ impl Converter {
         }
     }
 
-    /// Learns (or re-learns) a table's layout. Fails when a projected column is missing.
+    /// Learns (or re-learns) a table's layout. Fails when a projected column is missing or
+    /// of a type leadsync cannot read.
     pub fn observe_relation(&mut self, relation: &Relation) -> Result<(), ConvertError> {
+        self.learn(relation, false).map(drop)
+    }
+
+    /// As [`Converter::observe_relation`], for a table version older than the live table,
+    /// which has its missing (or retyped) projected columns back: the layout is accepted,
+    /// and the rows of `contacts` and `contact_custom_fields` changed under it are read
+    /// again from the source ([`SourceEvent::Reread`]). Returns the columns concerned. The
+    /// keys must still be there, and the other tables accept no such version.
+    pub fn observe_relation_degraded(
+        &mut self,
+        relation: &Relation,
+    ) -> Result<Vec<&'static str>, ConvertError> {
+        self.learn(relation, true)
+    }
+
+    fn learn(
+        &mut self,
+        relation: &Relation,
+        lenient: bool,
+    ) -> Result<Vec<&'static str>, ConvertError> {
         let table = match (relation.namespace.as_str(), relation.name.as_str()) {
             (ns, "contacts") if ns == self.source_schema => SourceTable::Contacts,
             (ns, "contact_custom_fields") if ns == self.source_schema => {
@@ -206,53 +282,41 @@ impl Converter {
             (ns, "customers") if ns == self.target_schema => SourceTable::Customers,
             _ => {
                 self.layouts.remove(&relation.id);
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
-        let contact_names = names(&CONTACT_COLUMNS);
-        let value_names = names(&VALUE_COLUMNS);
-        let (required, optional): (&[&'static str], &[&'static str]) = match table {
-            SourceTable::Contacts => (&contact_names, &[]),
-            SourceTable::ContactCustomFields => (&value_names, &[]),
-            SourceTable::CustomFields => (&["id"], &["context_type"]),
-            SourceTable::Customers => (
-                &[
-                    "cst_id",
-                    "migrated_from_contact_id",
-                    "deleted_at",
-                    "firstname",
-                    "lastname",
-                    "email",
-                    "phone1",
-                    "address1",
-                    "city",
-                    "state",
-                    "zip",
-                ],
-                &[],
-            ),
+        let (required, optional) = columns_read(table);
+        let keys: &[&str] = match table {
+            SourceTable::Contacts => &["id"],
+            SourceTable::ContactCustomFields => &["contact_id", "field_id"],
+            _ => &[],
         };
-        let mut positions = HashMap::new();
+        let lenient = lenient && !keys.is_empty();
         let qualified = || format!("{}.{}", relation.namespace, relation.name);
-        for &column in required {
-            let index =
-                relation
-                    .column_index(column)
-                    .ok_or_else(|| ConvertError::MissingColumn {
-                        table: qualified(),
-                        column,
-                    })?;
-            positions.insert(column, index);
-        }
-        for &column in optional {
-            if let Some(index) = relation.column_index(column) {
-                positions.insert(column, index);
-            }
-        }
-        for (&column, &index) in &positions {
+        let mut positions = HashMap::new();
+        let mut degraded = Vec::new();
+        for &column in required.iter().chain(optional) {
+            let Some(index) = relation.column_index(column) else {
+                if optional.contains(&column) {
+                    continue;
+                }
+                if lenient && !keys.contains(&column) {
+                    degraded.push(column);
+                    continue;
+                }
+                return Err(ConvertError::MissingColumn {
+                    table: qualified(),
+                    column,
+                    sql_type: sql_type_of(read_as(table, column)),
+                });
+            };
             let oid = relation.columns[index].type_oid;
             let expected = read_as(table, column);
             if !compatible(expected, oid) {
+                if lenient && !keys.contains(&column) {
+                    degraded.push(column);
+                    continue;
+                }
                 return Err(ConvertError::IncompatibleType {
                     table: qualified(),
                     column,
@@ -260,10 +324,17 @@ impl Converter {
                     oid,
                 });
             }
+            positions.insert(column, index);
         }
-        self.layouts
-            .insert(relation.id, Layout { table, positions });
-        Ok(())
+        self.layouts.insert(
+            relation.id,
+            Layout {
+                table,
+                positions,
+                degraded: degraded.clone(),
+            },
+        );
+        Ok(degraded)
     }
 
     /// The table a relation id stands for, if leadsync reads it.
@@ -371,6 +442,7 @@ fn key_of(event: &SourceEvent) -> Option<(Uuid, Option<Uuid>)> {
             Change::Reset { id, .. } | Change::Refresh(id) => Some((*id, None)),
         },
         SourceEvent::FieldUpsert { id, .. } | SourceEvent::FieldDelete { id } => Some((*id, None)),
+        SourceEvent::Reread { contact_id, .. } => Some((*contact_id, None)),
         SourceEvent::Truncate(_) | SourceEvent::CustomerUpdate(_) => None,
     }
 }
@@ -468,6 +540,17 @@ fn read_as(table: SourceTable, column: &str) -> &'static str {
     .unwrap_or("text")
 }
 
+/// The SQL type to give back a column read as `read_as`.
+fn sql_type_of(read_as: &str) -> &'static str {
+    match read_as {
+        "uuid" => "uuid",
+        "int8" => "integer",
+        "timestamp" => "timestamp",
+        "jsonb" => "jsonb",
+        _ => "text",
+    }
+}
+
 /// Built-in type OIDs leadsync reads.
 mod oid {
     pub const INT8: u32 = 20;
@@ -504,6 +587,16 @@ fn compatible(expected: &str, type_oid: u32) -> bool {
 
 fn upsert_event(layout: &Layout, tuple: &Tuple) -> Result<SourceEvent, ConvertError> {
     let row = Row { layout, tuple };
+    if !layout.degraded.is_empty() {
+        let key = match layout.table {
+            SourceTable::Contacts => "id",
+            _ => "contact_id",
+        };
+        return Ok(SourceEvent::Reread {
+            contact_id: row.required(key, parse_uuid)?,
+            columns: layout.degraded.clone(),
+        });
+    }
     match layout.table {
         SourceTable::Contacts => {
             let mut unchanged = Unchanged::NONE;

@@ -320,15 +320,69 @@ fn dropping_a_projected_column_is_an_error_but_an_unread_one_is_not() {
         err,
         ConvertError::MissingColumn {
             table: "public.contacts".into(),
-            column: "tags"
+            column: "tags",
+            sql_type: "text",
         }
     );
     assert!(!err.is_bad_row());
+    assert!(
+        err.to_string()
+            .contains("ALTER TABLE public.contacts ADD COLUMN tags text"),
+        "{err}"
+    );
     // Without `notes` (not projected), and with a new column at the end: fine.
     let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
     columns.push("loyalty_tier");
     c.observe_relation(&relation(16400, "public", "contacts", &columns))
         .unwrap();
+}
+
+#[test]
+fn a_table_version_without_a_projected_column_is_read_as_rows_to_reread() {
+    let mut c = converter();
+    let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
+    columns.retain(|c| *c != "tags");
+    let degraded = c
+        .observe_relation_degraded(&relation(16400, "public", "contacts", &columns))
+        .unwrap();
+    assert_eq!(degraded, vec!["tags"]);
+    let mut tuple = contact_tuple(t("new"), t("solar"));
+    tuple.0.remove(13);
+    let events = c
+        .convert(&LogicalMessage::Insert(Insert {
+            relation_id: 16400,
+            new: tuple,
+        }))
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![SourceEvent::Reread {
+            contact_id: Uuid::parse_str(ID).unwrap(),
+            columns: vec!["tags"],
+        }]
+    );
+    // Deletes need only the key.
+    let mut old = vec![Datum::Null; 20];
+    old[0] = t(ID);
+    let events = c
+        .convert(&LogicalMessage::Delete(Delete {
+            relation_id: 16400,
+            old: OldTuple::Key(Tuple(old)),
+        }))
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![SourceEvent::Change(Change::DeleteContact(
+            Uuid::parse_str(ID).unwrap()
+        ))]
+    );
+    // Without its key, a version is never accepted.
+    let mut columns: Vec<&str> = names(&CONTACT_COLUMNS).to_vec();
+    columns.retain(|c| *c != "id");
+    assert!(
+        c.observe_relation_degraded(&relation(16400, "public", "contacts", &columns))
+            .is_err()
+    );
 }
 
 #[test]
@@ -426,7 +480,7 @@ fn an_incompatible_type_change_stops_with_the_column_named() {
             "{err:?}"
         );
         assert!(!err.is_bad_row());
-        assert!(err.to_string().contains("change it back"), "{err}");
+        assert!(err.to_string().contains("Change it back"), "{err}");
     }
 }
 
