@@ -146,6 +146,7 @@ async fn session(
     status.update(|s| s.state = State::Starting);
     let mut applier = Applier::connect(settings).await?;
     warn_sync_triggers(applier.client(), settings).await;
+    warn_replica_identity(applier.client(), settings).await;
     metrics::gauge!(m::STANDBY).set(0.0);
     let (phase, paused_since) = read_phase(applier.client(), &settings.slot.name).await?;
     let paused = paused_since.is_some();
@@ -234,6 +235,29 @@ async fn warn_sync_triggers(client: &Client, settings: &Settings) {
             error = %db::error_text(&e),
             "could not read the triggers on the legacy and target tables"
         ),
+    }
+}
+
+/// Reverse sync tells which columns a customer edit changed from the old row the stream
+/// carries with `REPLICA IDENTITY FULL` (which `setup` sets); without it every column that
+/// differs from leadsync's state counts as changed.
+async fn warn_replica_identity(client: &Client, settings: &Settings) {
+    if !settings.sync.reverse {
+        return;
+    }
+    let customers = format!("{}.customers", db::quote_ident(&settings.target.schema));
+    let full = client
+        .query_one(
+            "SELECT relreplident = 'f' FROM pg_class WHERE oid = $1::text::regclass",
+            &[&customers],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0));
+    if let Ok(false) = full {
+        tracing::warn!(
+            table = %customers,
+            "customers is not REPLICA IDENTITY FULL: reverse sync cannot tell which columns a customer edit changed and writes back every one that differs from leadsync's state; run `leadsync setup` to set it"
+        );
     }
 }
 
