@@ -86,7 +86,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSettings {
-    /// The daemon's pidfile; default `<temp dir>/leadsync-<slot name>.pid`.
+    /// The daemon's pidfile; default `<slot name>.pid` in a private directory
+    /// (`$XDG_RUNTIME_DIR/leadsync`, else `<temp dir>/leadsync-<uid>`).
     pub pidfile: Option<String>,
 }
 
@@ -374,6 +375,29 @@ impl Settings {
             .map_err(|e| ConfigError::BadValue(e.to_string()))
     }
 
+    /// Checks the names leadsync puts into SQL: schemas, publication and slot. Also run
+    /// before `setup --print-grants` prints its script.
+    pub fn validate_names(&self) -> Result<(), ConfigError> {
+        check_identifier("source.schema", &self.source.schema)?;
+        check_identifier("target.schema", &self.target.schema)?;
+        for (key, schema) in [
+            ("source.schema", &self.source.schema),
+            ("target.schema", &self.target.schema),
+        ] {
+            if schema == crate::schema::STATE_SCHEMA {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!(
+                        "`{schema}` is leadsync's own schema (its checkpoint and state, which \
+                         teardown drops); the legacy and target tables live elsewhere"
+                    ),
+                });
+            }
+        }
+        check_identifier("publication.name", &self.publication.name)?;
+        check_slot_name(&self.slot.name)
+    }
+
     /// Checks every value that can be checked without a database. Run before connecting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.source.url.as_ref().ok_or(ConfigError::Invalid {
@@ -384,10 +408,7 @@ impl Settings {
             key: "source.url",
             reason: format!("`{}`: {e}", redact_url(url.expose_secret())),
         })?;
-        check_identifier("source.schema", &self.source.schema)?;
-        check_identifier("target.schema", &self.target.schema)?;
-        check_identifier("publication.name", &self.publication.name)?;
-        check_slot_name(&self.slot.name)?;
+        self.validate_names()?;
         if self.transform.product_rules.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "transform.product_rules",
@@ -582,6 +603,12 @@ fn check_known_keys(
 }
 
 /// An unquoted SQL identifier leadsync can use as a schema or publication name.
+/// Checks a database role name given on the command line (`--runtime-role`, …): a plain
+/// identifier, so it can stand unquoted in the SQL leadsync prints and runs.
+pub fn check_role_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    check_identifier(key, value)
+}
+
 fn check_identifier(key: &'static str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
         && value.len() <= 63
@@ -860,6 +887,15 @@ mod tests {
         assert_eq!(
             key_of(load(&[("LEADSYNC_PUBLICATION__NAME", "")])),
             "publication.name"
+        );
+        // leadsync's own schema holds neither side: teardown drops it.
+        assert_eq!(
+            key_of(load(&[("LEADSYNC_TARGET__SCHEMA", "leadsync")])),
+            "target.schema"
+        );
+        assert_eq!(
+            key_of(load(&[("LEADSYNC_SOURCE__SCHEMA", "leadsync")])),
+            "source.schema"
         );
         let missing = Settings::load_from(None, env(&[])).unwrap().validate();
         assert_eq!(key_of(missing), "source.url");

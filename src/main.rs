@@ -159,6 +159,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         runtime_role,
     } = &cli.command
     {
+        // The script runs as a superuser: every name in it is checked first.
+        settings.validate_names()?;
+        for (key, role) in [
+            ("--installer-role", installer_role),
+            ("--runtime-role", runtime_role),
+        ] {
+            if let Some(role) = role {
+                leadsync::config::check_role_name(key, role)?;
+            }
+        }
         print!(
             "{}",
             cmd::setup::grants_sql(
@@ -178,6 +188,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing::debug!(settings = %settings, "configuration");
     match cli.command {
         Command::Setup { runtime_role, .. } => {
+            if let Some(role) = &runtime_role {
+                leadsync::config::check_role_name("--runtime-role", role)?;
+            }
             let options = cmd::setup::SetupOptions { runtime_role };
             let report = cmd::setup::run_setup_with(&settings, &options).await?;
             print!("{report}");
@@ -185,9 +198,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let controls = leadsync::control::from_signals()?;
             let pidfile = leadsync::control::pidfile(&settings);
-            let _pid = leadsync::control::PidFile::create(&pidfile).map_err(|e| {
-                anyhow::anyhow!("cannot write the pidfile {}: {e}", pidfile.display())
-            })?;
+            // Held until the daemon exits; a second daemon on this host leaves it alone.
+            let _pid = match leadsync::control::PidFile::take(&pidfile)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                leadsync::control::Taken::Mine(held) => Some(held),
+                leadsync::control::Taken::Held { pid } => {
+                    tracing::warn!(
+                        pidfile = %pidfile.display(),
+                        holder = ?pid,
+                        "another leadsync holds the pidfile; `leadsync ctl` reaches that one"
+                    );
+                    None
+                }
+            };
             let status = leadsync::status::SharedStatus::default();
             let metrics = leadsync::metrics::install_recorder()?;
             let addr = settings.metrics_addr()?;

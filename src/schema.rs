@@ -7,6 +7,20 @@ use crate::db::quote_ident;
 /// The schema holding leadsync's own state.
 pub const STATE_SCHEMA: &str = "leadsync";
 
+/// leadsync's own tables in [`STATE_SCHEMA`], in the order `teardown` drops them (by name:
+/// never by dropping the schema with CASCADE, which would take anything else with it).
+pub const STATE_TABLES: [&str; 9] = [
+    "reverse_queue",
+    "reverse_writes",
+    "resync_requests",
+    "deferred_constraints",
+    "fields",
+    "field_values",
+    "contacts",
+    "dead_letters",
+    "sync_state",
+];
+
 /// The six target tables, parents before children.
 pub const TARGET_TABLES: [&str; 6] = [
     "customers",
@@ -235,8 +249,17 @@ CREATE TABLE IF NOT EXISTS leadsync.dead_letters (
     state_incomplete BOOLEAN NOT NULL DEFAULT FALSE
 );
 
-ALTER TABLE leadsync.dead_letters
-    ADD COLUMN IF NOT EXISTS state_incomplete BOOLEAN NOT NULL DEFAULT FALSE;
+-- Columns added since an older setup, added only where missing: after `setup
+-- --runtime-role` the runtime role owns these tables, and only an owner may alter them.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'leadsync.dead_letters'::regclass
+                   AND attname = 'state_incomplete' AND NOT attisdropped) THEN
+        ALTER TABLE leadsync.dead_letters
+            ADD COLUMN state_incomplete BOOLEAN NOT NULL DEFAULT FALSE;
+    END IF;
+END
+$$;
 
 CREATE INDEX IF NOT EXISTS dead_letters_pending ON leadsync.dead_letters (contact_id)
     WHERE status = 'pending';
@@ -301,12 +324,38 @@ CREATE TABLE IF NOT EXISTS leadsync.fields (
 -- Foreign keys of the target tables into legacy tables that the first load set aside
 -- (dropped in a short transaction of their own before its snapshot) and adds back when it
 -- commits; recorded here so that a crash in between never loses one.
+-- In structured form: the runtime role can write this table, so leadsync never runs text
+-- from it; it rebuilds each key from these names, quoted, and only for the target tables.
 CREATE TABLE IF NOT EXISTS leadsync.deferred_constraints (
     table_name TEXT NOT NULL,
     constraint_name TEXT NOT NULL,
-    definition TEXT NOT NULL,
+    columns TEXT[],
+    referenced_schema TEXT,
+    referenced_table TEXT,
+    referenced_columns TEXT[],
+    on_delete TEXT,
+    on_update TEXT,
+    -- What an older leadsync recorded instead (SQL text): shown, never run.
+    definition TEXT,
     PRIMARY KEY (table_name, constraint_name)
 );
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                   WHERE attrelid = 'leadsync.deferred_constraints'::regclass
+                   AND attname = 'columns' AND NOT attisdropped) THEN
+        ALTER TABLE leadsync.deferred_constraints
+            ALTER COLUMN definition DROP NOT NULL,
+            ADD COLUMN columns TEXT[],
+            ADD COLUMN referenced_schema TEXT,
+            ADD COLUMN referenced_table TEXT,
+            ADD COLUMN referenced_columns TEXT[],
+            ADD COLUMN on_delete TEXT,
+            ADD COLUMN on_update TEXT;
+    END IF;
+END
+$$;
 
 -- `leadsync resync` requests, carried out by the running daemon.
 CREATE TABLE IF NOT EXISTS leadsync.resync_requests (
@@ -330,7 +379,14 @@ CREATE TABLE IF NOT EXISTS leadsync.reverse_writes (
     columns JSONB NOT NULL DEFAULT '{}'
 );
 
-ALTER TABLE leadsync.reverse_writes ADD COLUMN IF NOT EXISTS columns JSONB NOT NULL DEFAULT '{}';
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'leadsync.reverse_writes'::regclass
+                   AND attname = 'columns' AND NOT attisdropped) THEN
+        ALTER TABLE leadsync.reverse_writes ADD COLUMN columns JSONB NOT NULL DEFAULT '{}';
+    END IF;
+END
+$$;
 
 -- Customer edits waiting to be written back to their contact, column by column:
 -- {"email": {"value": "…", "base": "…"}}, `base` being what the contact held, as far as
@@ -428,6 +484,17 @@ pub fn state_ddl() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn teardown_knows_every_table_of_leadsyncs_schema() {
+        let created: std::collections::BTreeSet<&str> = STATE_SQL
+            .lines()
+            .filter_map(|l| l.strip_prefix("CREATE TABLE IF NOT EXISTS leadsync."))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = STATE_TABLES.iter().copied().collect();
+        assert_eq!(created, listed);
+    }
 
     #[test]
     fn every_table_gets_four_policies() {

@@ -64,3 +64,46 @@ fn unreachable_database_never_prints_the_password() {
     assert!(text.contains("cannot connect"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// The first line of the script `setup --print-grants` prints.
+const SCRIPT_START: &str = "-- leadsync: the installer and runtime database roles";
+
+/// The script `setup --print-grants` prints runs as a superuser: a name with a newline (or
+/// anything but a plain identifier) is refused before a line is printed, wherever it comes
+/// from.
+#[test]
+fn print_grants_refuses_names_that_would_inject_sql() {
+    let injected = "rt\nALTER ROLE rt SUPERUSER; --";
+    for (args, env, key) in [
+        (
+            vec!["setup", "--print-grants", "--runtime-role", injected],
+            vec![],
+            "--runtime-role",
+        ),
+        (
+            vec!["setup", "--print-grants", "--installer-role", injected],
+            vec![],
+            "--installer-role",
+        ),
+        (
+            vec!["setup", "--print-grants"],
+            vec![("LEADSYNC_TARGET__SCHEMA", injected)],
+            "target.schema",
+        ),
+        (
+            vec!["setup", "--print-grants"],
+            vec![("LEADSYNC_SOURCE__SCHEMA", "public\nGRANT ALL")],
+            "source.schema",
+        ),
+    ] {
+        let (ok, text) = leadsync(&args, &env);
+        assert!(!ok, "{args:?} {env:?}: {text}");
+        assert!(text.contains(key), "{text}");
+        assert!(
+            !text.contains(SCRIPT_START),
+            "a line of the script was printed: {text}"
+        );
+    }
+    let (ok, text) = leadsync(&["setup", "--print-grants"], &[]);
+    assert!(ok && text.contains(SCRIPT_START), "{text}");
+}

@@ -147,6 +147,58 @@ impl Writer {
     }
 }
 
+/// Teardown drops only what leadsync made: an application's view on a leadsync table stops
+/// it before anything is dropped, named; and leadsync's own schema can be neither side.
+#[tokio::test]
+async fn teardown_refuses_to_take_other_objects_with_leadsyncs_schema() {
+    let (db, mut daemon, client) = running(100).await;
+    daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running after SIGTERM; {}", daemon.log()));
+    exec(
+        &client,
+        "CREATE VIEW public.parked AS SELECT contact_id, error FROM leadsync.dead_letters",
+    )
+    .await;
+    let refused = run_teardown(&db.settings(), TeardownOptions::default())
+        .await
+        .expect_err("teardown with a dependent view");
+    assert!(matches!(refused, TeardownError::StateInUse(_)), "{refused}");
+    assert!(refused.to_string().contains("view parked"), "{refused}");
+    let left: (i64, i64) = (
+        one(
+            &client,
+            "SELECT count(*) FROM pg_views WHERE viewname = 'parked'",
+        )
+        .await,
+        one(
+            &client,
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+                db.slot
+            ),
+        )
+        .await,
+    );
+    assert_eq!(left, (1, 1), "a refused teardown dropped something");
+
+    exec(&client, "DROP VIEW public.parked").await;
+    run_teardown(&db.settings(), TeardownOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let schema: i64 = one(
+        &client,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'leadsync'",
+    )
+    .await;
+    assert_eq!(schema, 0);
+
+    let mut settings = db.settings();
+    settings.target.schema = "leadsync".into();
+    let invalid = settings.validate().unwrap_err().to_string();
+    assert!(invalid.contains("target.schema"), "{invalid}");
+}
+
 #[tokio::test]
 async fn teardown_removes_leadsync_and_never_touches_legacy_data() {
     let (db, mut daemon, client) = running(300).await;

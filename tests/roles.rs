@@ -626,3 +626,74 @@ fn stops_saying(db: &TestDb, role: &str, needles: &[&str]) {
         assert!(log.contains(needle), "no {needle:?} in:\n{log}");
     }
 }
+
+/// The runtime role writes `leadsync.deferred_constraints`; what it plants there must never
+/// run as the installer. Planted: SQL text in the column older versions executed, and
+/// structured rows naming a legacy table, an injection in a name, and an unknown action.
+/// `teardown` (as a superuser) leaves the legacy tables as they were and adds back only keys
+/// of target tables, with every name quoted.
+#[tokio::test]
+async fn a_row_the_runtime_role_plants_in_the_keys_set_aside_never_runs_as_the_installer() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = roles_set_up(&db, &admin).await;
+    let runtime = connect_as(&db, &roles.runtime).await;
+    let planted = format!(
+        "INSERT INTO leadsync.deferred_constraints
+           (table_name, constraint_name, definition) VALUES
+           ('public.customers', 'k1',
+            'CHECK (true); ALTER TABLE public.contacts OWNER TO {r}; --');
+         INSERT INTO leadsync.deferred_constraints
+           (table_name, constraint_name, columns, referenced_schema, referenced_table,
+            referenced_columns, on_delete, on_update) VALUES
+           ('contacts', 'k2', '{{workspace_id}}', 'public', 'workspaces', '{{id}}', 'a', 'a'),
+           ('customers', 'k3\"; ALTER TABLE contacts OWNER TO {r}',
+            '{{workspace_id}}', 'public', 'workspaces', '{{id}}', 'a', 'a'),
+           ('customers', 'k4', '{{workspace_id}}', 'public', 'workspaces', '{{id}}',
+            'a; ALTER TABLE public.contacts OWNER TO {r}', 'a');",
+        r = roles.runtime
+    );
+    runtime.batch_execute(&planted).await.unwrap();
+    let owner = || async {
+        admin
+            .query_one(
+                "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'public.contacts'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = owner().await;
+    // setup ran as a superuser here, and so does teardown: the worst case.
+    let out = leadsync(&db, "postgres", &["teardown"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        owner().await,
+        before,
+        "teardown ran planted SQL: {}",
+        text(&out)
+    );
+    assert_ne!(before, roles.runtime);
+    // k3 was added, under its odd (quoted) name, on the target table: harmless.
+    let added: Vec<String> = admin
+        .query(
+            "SELECT conname::text FROM pg_constraint WHERE conname LIKE 'k%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        added,
+        vec![format!(
+            "k3\"; ALTER TABLE contacts OWNER TO {}",
+            roles.runtime
+        )],
+        "{}",
+        text(&out)
+    );
+    roles.drop(&admin).await;
+}

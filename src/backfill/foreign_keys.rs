@@ -78,21 +78,94 @@ fn referenced_tables(settings: &Settings) -> Vec<String> {
     ]
 }
 
-/// The foreign keys of the target tables ($1) into the legacy tables ($2), with whether the
-/// session could add each back: REFERENCES on the table and USAGE on its schema.
+/// The foreign keys of the target tables ($1) into the legacy tables ($2), in structured
+/// form (the target table unqualified, its columns, the referenced schema, table and
+/// columns, the ON DELETE and ON UPDATE actions), with whether the session could add each
+/// back: REFERENCES on the table and USAGE on its schema. Only simple, immediate keys, as
+/// `setup` makes them.
 const LEGACY_KEYS: &str = "
-    SELECT format('%I.%I', n.nspname, r.relname) AS table_name, c.conname::text,
-           pg_get_constraintdef(c.oid) AS definition,
-           format('%I.%I', fn.nspname, f.relname) AS referenced,
+    SELECT r.relname::text AS table_name, c.conname::text AS constraint_name,
+           ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i)
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n
+                 ORDER BY k.i) AS columns,
+           fn.nspname::text AS referenced_schema, f.relname::text AS referenced_table,
+           ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i)
+                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n
+                 ORDER BY k.i) AS referenced_columns,
+           c.confdeltype::text AS on_delete, c.confupdtype::text AS on_update,
            has_table_privilege(f.oid, 'REFERENCES')
-             AND has_schema_privilege(fn.oid, 'USAGE') AS restorable
+             AND has_schema_privilege(fn.oid, 'USAGE')
+             AND c.confmatchtype = 's' AND NOT c.condeferrable AS restorable
     FROM pg_constraint c
     JOIN pg_class r ON r.oid = c.conrelid
-    JOIN pg_namespace n ON n.oid = r.relnamespace
     JOIN pg_class f ON f.oid = c.confrelid
     JOIN pg_namespace fn ON fn.oid = f.relnamespace
     WHERE c.contype = 'f' AND c.conrelid = ANY($1::text[]::regclass[])
       AND fn.nspname || '.' || f.relname = ANY($2::text[])";
+
+/// A foreign key set aside, as `leadsync.deferred_constraints` records it. The table is
+/// writable by the runtime role, so nothing in it is trusted: [`SetAside::statement`]
+/// accepts only a key of a target table into one of the legacy tables leadsync sets keys
+/// aside for, with a known action, and quotes every name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub table: String,
+    pub name: String,
+    pub columns: Vec<String>,
+    pub referenced_schema: String,
+    pub referenced_table: String,
+    pub referenced_columns: Vec<String>,
+    pub on_delete: String,
+    pub on_update: String,
+}
+
+impl SetAside {
+    /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …` for this key, or why it is refused.
+    pub fn statement(&self, settings: &Settings) -> Result<String, String> {
+        if !TARGET_TABLES.contains(&self.table.as_str()) {
+            return Err(format!("`{}` is not a target table", self.table));
+        }
+        let referenced = format!("{}.{}", self.referenced_schema, self.referenced_table);
+        if !referenced_tables(settings).contains(&referenced) {
+            return Err(format!(
+                "`{referenced}` is not a table leadsync sets keys aside for"
+            ));
+        }
+        if self.columns.is_empty() || self.columns.len() != self.referenced_columns.len() {
+            return Err("its columns do not pair up".into());
+        }
+        let action = |code: &str| -> Result<&'static str, String> {
+            Ok(match code {
+                "a" => "NO ACTION",
+                "r" => "RESTRICT",
+                "c" => "CASCADE",
+                "n" => "SET NULL",
+                "d" => "SET DEFAULT",
+                other => return Err(format!("`{other}` is not a foreign key action")),
+            })
+        };
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| quote_ident(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Ok(format!(
+            "ALTER TABLE {}.{} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}.{} ({}) \
+             ON DELETE {} ON UPDATE {}",
+            quote_ident(&settings.target.schema),
+            quote_ident(&self.table),
+            quote_ident(&self.name),
+            list(&self.columns),
+            quote_ident(&self.referenced_schema),
+            quote_ident(&self.referenced_table),
+            list(&self.referenced_columns),
+            action(&self.on_delete)?,
+            action(&self.on_update)?,
+        ))
+    }
+}
 
 /// Drops the target tables' foreign keys into legacy tables in a transaction of its own,
 /// recording their definitions, so the load copies without checking them row by row. Keys
@@ -109,7 +182,8 @@ pub async fn set_aside(
     let kept: Vec<String> = client
         .query(
             &format!(
-                "SELECT DISTINCT referenced FROM ({LEGACY_KEYS}) k WHERE NOT restorable ORDER BY 1"
+                "SELECT DISTINCT format('%I.%I', referenced_schema, referenced_table)
+                 FROM ({LEGACY_KEYS}) k WHERE NOT restorable ORDER BY 1"
             ),
             &[&tables, &referenced],
         )
@@ -170,22 +244,28 @@ async fn try_set_aside(
     let keys = client
         .query(
             &format!(
-                "WITH keys AS (SELECT table_name, conname, definition FROM ({LEGACY_KEYS}) k
-                               WHERE restorable),
-                      recorded AS (INSERT INTO leadsync.deferred_constraints
-                                   SELECT * FROM keys ON CONFLICT DO NOTHING)
-                 SELECT table_name, conname FROM keys ORDER BY 1, 2"
+                "WITH keys AS (SELECT * FROM ({LEGACY_KEYS}) k WHERE restorable),
+                      recorded AS (
+                        INSERT INTO leadsync.deferred_constraints
+                          (table_name, constraint_name, columns, referenced_schema,
+                           referenced_table, referenced_columns, on_delete, on_update)
+                        SELECT table_name, constraint_name, columns, referenced_schema,
+                               referenced_table, referenced_columns, on_delete, on_update
+                        FROM keys ON CONFLICT DO NOTHING)
+                 SELECT table_name, constraint_name FROM keys ORDER BY 1, 2"
             ),
             &[&tables, &referenced],
         )
         .await
         .map_err(db_error("recording the foreign keys set aside"))?;
+    let target = quote_ident(&settings.target.schema);
     let drops: String = keys
         .iter()
         .map(|row| {
             let (table, name): (String, String) = (row.get(0), row.get(1));
             format!(
-                "ALTER TABLE {table} DROP CONSTRAINT {};\n",
+                "ALTER TABLE {target}.{} DROP CONSTRAINT {};\n",
+                quote_ident(&table),
                 quote_ident(&name)
             )
         })
@@ -278,8 +358,9 @@ pub async fn restore(
     let lock_timeout_ms = settings.target.lock_timeout_ms;
     let rows = client
         .query(
-            "SELECT table_name, constraint_name, definition FROM leadsync.deferred_constraints
-             ORDER BY 1, 2",
+            "SELECT table_name, constraint_name, columns, referenced_schema, referenced_table,
+                    referenced_columns, on_delete, on_update, definition
+             FROM leadsync.deferred_constraints ORDER BY 1, 2",
             &[],
         )
         .await
@@ -287,15 +368,35 @@ pub async fn restore(
     if rows.is_empty() {
         return Ok(0);
     }
+    let mut statements = Vec::new();
+    for row in &rows {
+        let key = SetAside {
+            table: row.get(0),
+            name: row.get(1),
+            columns: row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
+            referenced_schema: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            referenced_table: row.get::<_, Option<String>>(4).unwrap_or_default(),
+            referenced_columns: row.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+            on_delete: row.get::<_, Option<String>>(6).unwrap_or_default(),
+            on_update: row.get::<_, Option<String>>(7).unwrap_or_default(),
+        };
+        match key.statement(settings) {
+            Ok(statement) => statements.push(statement),
+            // Recorded text is never run: it comes from a table another role can write.
+            Err(why) => tracing::warn!(
+                table = %key.table,
+                constraint = %key.name,
+                recorded_text = ?row.get::<_, Option<String>>(8),
+                "a recorded foreign key is not one leadsync sets aside ({why}); it is not added back and its record is removed"
+            ),
+        }
+    }
+    let restored = statements.len() as u64;
     let mut sql =
         format!("SAVEPOINT leadsync_foreign_keys; SET LOCAL lock_timeout = {lock_timeout_ms};\n");
-    for row in &rows {
-        let (table, name, definition): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        sql.push_str(&format!(
-            "ALTER TABLE {table} ADD CONSTRAINT {} {definition};\n",
-            quote_ident(&name)
-        ));
+    for statement in &statements {
+        sql.push_str(statement);
+        sql.push_str(";\n");
     }
     sql.push_str(
         "SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT leadsync_foreign_keys;
@@ -303,8 +404,9 @@ pub async fn restore(
     );
     let mut pauses = Pauses::new(lock_wait);
     loop {
+        // Every name in it is quoted and every keyword fixed: one statement per key.
         let Err(e) = client.batch_execute(&sql).await else {
-            return Ok(rows.len() as u64);
+            return Ok(restored);
         };
         let code = e.code().map(|c| c.code().to_owned());
         if code.is_some() {

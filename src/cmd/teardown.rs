@@ -79,6 +79,11 @@ pub enum TeardownError {
          first, or keep the tables (run teardown without --drop-target-tables)"
     )]
     TargetTablesInUse(String),
+    #[error(
+        "cannot drop the leadsync schema: {0}. Objects that are not leadsync's are in it or \
+         depend on its tables; move or drop those first (teardown never drops them)"
+    )]
+    StateInUse(String),
     #[error("teardown failed while {context}: {message}")]
     Query {
         context: &'static str,
@@ -132,6 +137,70 @@ impl fmt::Display for TeardownReport {
     }
 }
 
+/// Objects that are not leadsync's own and depend on its tables or sit in its schema (an
+/// application's view, a table created there), as the catalog describes them. Read without
+/// taking any lock.
+async fn foreign_dependents(client: &Client) -> Result<Vec<String>, TeardownError> {
+    let tables: Vec<&str> = crate::schema::STATE_TABLES.to_vec();
+    let rows = client
+        .query(
+            "WITH tables AS (
+               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = ANY($2::text[])),
+             ours AS (
+               SELECT oid FROM tables
+               UNION SELECT d.objid FROM pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                 AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype IN ('a', 'i'))
+             SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0)
+             FROM pg_depend d
+             WHERE d.deptype = 'n'
+               AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid IN (SELECT oid FROM ours))
+                    OR (d.refclassid = 'pg_namespace'::regclass
+                        AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1)))
+               AND NOT (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT oid FROM ours))
+               AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
+                          SELECT oid FROM pg_constraint WHERE conrelid IN (SELECT oid FROM ours)))
+             ORDER BY 1",
+            &[&STATE_SCHEMA, &tables],
+        )
+        .await
+        .map_err(query_error(
+            "looking for objects that depend on leadsync's tables",
+        ))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Drops leadsync's tables by name, then its schema, in one transaction and without
+/// CASCADE: an object of anyone else that depends on them (or sits in the schema) stops the
+/// drop, and is named.
+async fn drop_state(client: &Client) -> Result<(), TeardownError> {
+    let tables: Vec<String> = crate::schema::STATE_TABLES
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(STATE_SCHEMA), quote_ident(t)))
+        .collect();
+    let dropped = client
+        .batch_execute(&format!(
+            "BEGIN; DROP TABLE IF EXISTS {}; DROP SCHEMA IF EXISTS {}; COMMIT",
+            tables.join(", "),
+            quote_ident(STATE_SCHEMA),
+        ))
+        .await;
+    if let Err(e) = dropped {
+        // The transaction is aborted; leave the session usable.
+        let _ = client.batch_execute("ROLLBACK").await;
+        let text = db::error_text(&e);
+        return Err(match e.code().map(|c| c.code()) {
+            Some("2BP01") => TeardownError::StateInUse(text),
+            _ => TeardownError::Query {
+                context: "dropping the leadsync schema",
+                message: text,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Runs `leadsync teardown`.
 pub async fn run_teardown(
     settings: &Settings,
@@ -142,6 +211,14 @@ pub async fn run_teardown(
     }
     let client = db::connect(settings.source_url()).await?;
     let mut report = TeardownReport::default();
+    // Before anything goes: refuse if leadsync's schema holds or feeds what is not its own.
+    let foreign = foreign_dependents(&client).await?;
+    if !foreign.is_empty() {
+        return Err(TeardownError::StateInUse(format!(
+            "{} depend on it or live in it",
+            foreign.join(", ")
+        )));
+    }
     drop_slot(&client, &settings.slot.name, &mut report).await?;
     drop_origin(&client, settings.origin_name(), &mut report).await?;
 
@@ -194,13 +271,7 @@ pub async fn run_teardown(
         }
     }
     if exists {
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(STATE_SCHEMA)
-            ))
-            .await
-            .map_err(query_error("dropping the leadsync schema"))?;
+        drop_state(&client).await?;
         report.dropped.push(format!(
             "schema {STATE_SCHEMA} (checkpoint state, dead letters, resync requests)"
         ));

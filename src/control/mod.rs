@@ -5,14 +5,12 @@
 //! - SIGUSR1: pause (finish the transaction in flight, apply nothing more, keep the slot
 //!   connection); SIGUSR2: resume. The pause is persisted, so a restart comes back paused.
 //!
-//! `leadsync ctl` sends these signals to the pid in the daemon's pidfile.
+//! `leadsync ctl` sends these signals to the daemon that holds its pidfile ([`pidfile`]).
 
-use std::path::{Path, PathBuf};
+mod pidfile;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-
-use crate::config::Settings;
 
 /// Set to `true` once the process should stop.
 pub type Shutdown = watch::Receiver<bool>;
@@ -70,57 +68,4 @@ pub fn from_signals() -> std::io::Result<Controls> {
     Ok(Controls { shutdown, pause })
 }
 
-/// Where the daemon writes its pid: `control.pidfile`, else `<tmp>/leadsync-<slot>.pid`.
-pub fn pidfile(settings: &Settings) -> PathBuf {
-    settings
-        .control
-        .pidfile
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("leadsync-{}.pid", settings.slot.name))
-        })
-}
-
-/// Writes the pidfile; removed again when the guard drops.
-pub struct PidFile(PathBuf);
-
-impl PidFile {
-    /// Writes our pid to `path`.
-    pub fn create(path: &Path) -> std::io::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id()))?;
-        Ok(PidFile(path.to_owned()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The pid in `path`, if the file exists and the process is alive.
-pub fn running_pid(path: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    // SAFETY: signal 0 only checks that the process exists.
-    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
-}
-
-/// Sends `signal` to the daemon whose pid is in `path`.
-pub fn signal_daemon(path: &Path, signal: i32) -> Result<i32, String> {
-    let pid = running_pid(path).ok_or_else(|| {
-        format!(
-            "no running leadsync found through the pidfile {} (set control.pidfile if the \
-             daemon uses another one)",
-            path.display()
-        )
-    })?;
-    // SAFETY: kill(2) with a pid read from our own pidfile and a valid signal number.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(format!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(pid)
-}
+pub use pidfile::{PidFile, PidFileError, Taken, pidfile, running_pid, signal_daemon};
