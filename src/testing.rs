@@ -288,6 +288,37 @@ pub fn daemon_env(db: &TestDb) -> Vec<(String, String)> {
     ]
 }
 
+/// Runs the `bin` command with `args` and only `env` of leadsync's variables; returns its
+/// exit code, stdout and stderr.
+pub async fn run_cli(
+    bin: &str,
+    env: Vec<(String, String)>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let bin = bin.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(&args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LEADSYNC_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run leadsync");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("the command's thread")
+}
+
 /// A `leadsync run` process. Dropping it kills it.
 pub struct Daemon {
     child: std::process::Child,
@@ -425,6 +456,16 @@ impl TestDb {
                 context()
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Caught up with everything written so far and with what the daemon's own writes lead
+    /// to (a write-back to a contact, then the forward write it causes).
+    pub async fn settle(&self, daemon: &Daemon) {
+        for _ in 0..3 {
+            self.wait_caught_up(std::time::Duration::from_secs(120), &|| daemon.log())
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     }
 

@@ -69,12 +69,7 @@ impl Edge {
     /// Caught up with everything written so far, what the daemon's own writes lead to (a
     /// write-back, then the forward write it causes) included.
     async fn settle(&self) {
-        for _ in 0..3 {
-            self.db
-                .wait_caught_up(CATCH_UP, &|| self.daemon.log())
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        self.db.settle(&self.daemon).await;
     }
 
     async fn exec(&self, sql: &str) {
@@ -121,6 +116,18 @@ impl Edge {
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
         row.get(0)
+    }
+
+    /// A legacy transaction that holds contact `id`'s row until `COMMIT` on the returned
+    /// session.
+    async fn hold(&self, id: &str) -> Client {
+        let locker = self.db.client().await;
+        exec(
+            &locker,
+            &format!("BEGIN; UPDATE contacts SET notes = 'held' WHERE id = '{id}'"),
+        )
+        .await;
+        locker
     }
 
     fn signal(&self, signal: i32) {
@@ -245,12 +252,7 @@ async fn a_locked_contact_delays_only_its_own_write_back() {
         insert_contact(Y, "", "")
     ))
     .await;
-    let locker = e.db.client().await;
-    exec(
-        &locker,
-        &format!("BEGIN; UPDATE contacts SET notes = 'held' WHERE id = '{X}'"),
-    )
-    .await;
+    let locker = e.hold(X).await;
     e.exec(&format!(
         "UPDATE customers SET lastname = 'Applied' WHERE cst_id = '{X}'"
     ))
@@ -574,12 +576,7 @@ async fn the_databases_timeouts_never_stop_the_daemon() {
     // One large source transaction, then a write-back to a locked contact.
     e.exec("UPDATE contacts SET lead_status = 'bulk', updated_at = now()")
         .await;
-    let locker = e.db.client().await;
-    exec(
-        &locker,
-        &format!("BEGIN; UPDATE contacts SET notes = 'held' WHERE id = '{X}'"),
-    )
-    .await;
+    let locker = e.hold(X).await;
     e.exec(&format!(
         "UPDATE customers SET firstname = 'Guarded' WHERE cst_id = '{X}'"
     ))
@@ -600,26 +597,5 @@ async fn the_databases_timeouts_never_stop_the_daemon() {
 
 /// Runs the binary with the daemon's environment; returns (exit code, stdout, stderr).
 async fn leadsync(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let env = daemon_env(db);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(&args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LEADSYNC_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run leadsync");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    leadsync::testing::run_cli(BIN, daemon_env(db), args).await
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use leadsync::cmd::setup::run_setup;
+use leadsync::source::convert::REVERSE_COLUMNS;
 use leadsync::testing::{Daemon, TestDb, daemon_env};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -29,16 +30,7 @@ const MOVED: u128 = 6;
 const STEPS: usize = 90;
 
 /// The carried columns: (customers column, contacts column).
-const CARRIED: [(&str, &str); 8] = [
-    ("firstname", "firstname"),
-    ("lastname", "lastname"),
-    ("email", "email"),
-    ("phone1", "phone_number"),
-    ("address1", "st_address"),
-    ("city", "city"),
-    ("state", "state"),
-    ("zip", "zip"),
-];
+const CARRIED: [(&str, &str); 8] = REVERSE_COLUMNS;
 
 /// Legacy columns the legacy edits write.
 const LEGACY: [&str; 12] = [

@@ -70,28 +70,7 @@ async fn legacy_checksum(client: &Client) -> String {
 
 /// Runs the binary with the daemon's environment; returns (exit code, stdout, stderr).
 async fn leadsync(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let env = daemon_env(db);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(&args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LEADSYNC_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run leadsync");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    leadsync::testing::run_cli(BIN, daemon_env(db), args).await
 }
 
 /// Legacy writes in a loop until stopped: lead-status and tag updates, new contacts and

@@ -11,7 +11,6 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
-const CATCH_UP: Duration = Duration::from_secs(120);
 
 struct Running {
     db: TestDb,
@@ -42,12 +41,7 @@ impl Running {
     /// Caught up with everything written so far, including what the daemon's own writes
     /// lead to (a reverse write, then the forward write it causes).
     async fn settle(&self) {
-        for _ in 0..3 {
-            self.db
-                .wait_caught_up(CATCH_UP, &|| self.daemon.log())
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        self.db.settle(&self.daemon).await;
     }
 
     async fn exec(&self, sql: &str) {

@@ -665,32 +665,13 @@ impl Stream<'_> {
         let events = match self.converter.convert(message) {
             Ok(events) => events,
             Err(e) if e.is_bad_row() => {
-                // leadsync's state cannot take the change as it is: the contact's target
-                // rows wait for a re-read of the source (`leadsync dlq retry`).
                 let contact_id = e.contact_id();
-                if let Some(id) = contact_id {
-                    self.resync.on_change(id);
-                }
-                self.applier
-                    .park(&DeadLetter {
-                        contact_id,
-                        lsn,
-                        source_table: self
-                            .converter
-                            .table_of(message.relation_id().unwrap_or_default())
-                            .map_or("unknown", |t| t.name()),
-                        operation: message.kind(),
-                        key: contact_id.map_or(
-                            serde_json::Value::Null,
-                            |id| serde_json::json!({ "id": id }),
-                        ),
-                        payload: serde_json::json!({ "message": format!("{message:?}") }),
-                        error: format!(
-                            "change at {lsn}{} cannot be read: {e}",
-                            contact_id.map_or(String::new(), |id| format!(" of contact {id}"))
-                        ),
-                        state_incomplete: true,
-                    })
+                let error = format!(
+                    "change at {lsn}{} cannot be read: {e}",
+                    contact_id.map_or(String::new(), |id| format!(" of contact {id}"))
+                );
+                let payload = serde_json::json!({ "message": format!("{message:?}") });
+                self.park_unread(message, lsn, contact_id, payload, error)
                     .await?;
                 return Ok(());
             }
@@ -722,30 +703,51 @@ impl Stream<'_> {
                     contact_id,
                     columns,
                 } => {
-                    self.resync.on_change(contact_id);
-                    self.applier
-                        .park(&DeadLetter {
-                            contact_id: Some(contact_id),
-                            lsn,
-                            source_table: self
-                                .converter
-                                .table_of(message.relation_id().unwrap_or_default())
-                                .map_or("unknown", |t| t.name()),
-                            operation: message.kind(),
-                            key: serde_json::json!({ "id": contact_id }),
-                            payload: serde_json::json!({ "columns_missing": columns }),
-                            error: format!(
-                                "contact {contact_id} changed at {lsn} while column(s) {} were \
-                                 missing from the stream or of another type; it is re-read \
-                                 from the source",
-                                columns.join(", ")
-                            ),
-                            state_incomplete: true,
-                        })
+                    let error = format!(
+                        "contact {contact_id} changed at {lsn} while column(s) {} were missing \
+                         from the stream or of another type; it is re-read from the source",
+                        columns.join(", ")
+                    );
+                    let payload = serde_json::json!({ "columns_missing": columns });
+                    self.park_unread(message, lsn, Some(contact_id), payload, error)
                         .await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Parks a change leadsync's state cannot take as it is: the contact's target rows wait
+    /// for a re-read of the source, which the commit files.
+    async fn park_unread(
+        &mut self,
+        message: &LogicalMessage,
+        lsn: Lsn,
+        contact_id: Option<uuid::Uuid>,
+        payload: serde_json::Value,
+        error: String,
+    ) -> Result<(), RunError> {
+        if let Some(id) = contact_id {
+            self.resync.on_change(id);
+        }
+        self.applier
+            .park(&DeadLetter {
+                contact_id,
+                lsn,
+                source_table: self
+                    .converter
+                    .table_of(message.relation_id().unwrap_or_default())
+                    .map_or("unknown", |t| t.name()),
+                operation: message.kind(),
+                key: contact_id.map_or(
+                    serde_json::Value::Null,
+                    |id| serde_json::json!({ "id": id }),
+                ),
+                payload,
+                error,
+                state_incomplete: true,
+            })
+            .await?;
         Ok(())
     }
 
