@@ -652,26 +652,29 @@ fn check_slot_name(value: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
+/// The URL with any password replaced by `***`, for messages and logs. Where the password
+/// sits is decided so that it can never show, even unencoded: in a URL, everything between
+/// `scheme://user:` and the *last* `@` of the whole text (a password may hold `/`, `?`, `#`
+/// or `@`), and any `password` query parameter; in a `key=value` string, the value of
+/// `password` however it is spaced or quoted. Text that cannot be read that way is not
+/// shown at all.
 pub fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db — the password sits between the first ':' after the
-    // scheme and the last '@' of the authority.
     let Some((scheme, rest)) = url.split_once("://") else {
-        return redact_key_value(url);
+        return redact_key_value(url)
+            .unwrap_or_else(|| "(a connection string that cannot be read; not shown)".into());
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***{host}"),
-                None => format!("{userinfo}{host}"),
-            }
-        }
-        None => authority.to_owned(),
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at..]),
+        None => (None, rest),
     };
-    format!("{scheme}://{authority}{}", redact_query_password(tail))
+    let userinfo = match userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((user, _)) => format!("{user}:***"),
+            None => info.to_owned(),
+        },
+        None => String::new(),
+    };
+    format!("{scheme}://{userinfo}{}", redact_query_password(after))
 }
 
 fn redact_query_password(tail: &str) -> String {
@@ -688,16 +691,55 @@ fn redact_query_password(tail: &str) -> String {
     format!("{path}?{}", query.join("&"))
 }
 
-/// `host=x password=y` connection strings.
-fn redact_key_value(conninfo: &str) -> String {
-    conninfo
-        .split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `host=x password=y` connection strings, read as libpq reads them (spaces around `=`,
+/// single-quoted values with `\` escapes); `None` when that fails.
+fn redact_key_value(conninfo: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Some(out.join(" "));
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next()?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        out.push(if key.eq_ignore_ascii_case("password") {
+            format!("{key}=***")
+        } else if value.chars().any(|c| c.is_whitespace() || c == '\'') {
+            format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        } else {
+            format!("{key}={value}")
+        });
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +977,54 @@ mod tests {
             redact_url("host=db password=pw user=a"),
             "host=db password=*** user=a"
         );
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_or_spaces_never_show() {
+        for secret in ["p/ss#1", "p?ss", "p#ss", "p@ss", "p:ss/x?y#z@w"] {
+            for url in [
+                format!("postgres://app:{secret}@db:5432/crm"),
+                format!("postgres://app:{secret}@db/crm?sslmode=require"),
+                format!("postgresql://app:{secret}@db"),
+            ] {
+                let shown = redact_url(&url);
+                assert!(!shown.contains(secret), "{url} -> {shown}");
+                assert!(shown.contains("app:***"), "{url} -> {shown}");
+            }
+        }
+        for (conninfo, secret) in [
+            ("host=db password = hunter2 user=a", "hunter2"),
+            ("host=db password= 'two words' user=a", "two words"),
+            ("host=db password ='it\\'s' user=a", "it's"),
+            ("password=p@ss/x?y host=db", "p@ss"),
+        ] {
+            let shown = redact_url(conninfo);
+            assert!(!shown.contains(secret), "{conninfo} -> {shown}");
+            assert!(shown.contains("password=***"), "{conninfo} -> {shown}");
+            assert!(shown.contains("host=db"), "{conninfo} -> {shown}");
+        }
+        // Unreadable: nothing of it is shown.
+        let shown = redact_url("host=db password='unterminated secret");
+        assert!(!shown.contains("secret"), "{shown}");
+        // The settings as logged at start, with such a password.
+        let s = Settings::load_from(
+            None,
+            env(&[("LEADSYNC_SOURCE__URL", "postgres://app:p/ss?#@db/crm")]),
+        )
+        .unwrap();
+        assert!(!format!("{s}").contains("p/ss"), "{s}");
+        let invalid = Settings::load_from(
+            None,
+            env(&[(
+                "LEADSYNC_SOURCE__URL",
+                "postgres://app:p/ss?#@db:notaport/crm",
+            )]),
+        )
+        .unwrap()
+        .validate()
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.to_string());
+        assert!(!invalid.contains("p/ss"), "{invalid}");
     }
 
     #[test]

@@ -358,10 +358,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr; `LEADSYNC_LOG` (a tracing filter) overrides `log.level`.
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = std::env::var("LEADSYNC_LOG")
+    // tokio-postgres logs statements with their parameters (rows of personal data) at
+    // debug: it stays at info whatever the level.
+    let mut filter = std::env::var("LEADSYNC_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(level));
+    if let Ok(quiet) = "tokio_postgres=info".parse() {
+        filter = filter.add_directive(quiet);
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
