@@ -416,11 +416,29 @@ impl Worker {
 /// inside one apply transaction. The kinds rotate: a bulk insert of contacts with a value
 /// each, an update of every contact, a bulk delete of an earlier bulk insert.
 async fn big_transaction(client: &mut Client, round: usize, ledger: &Ledger) -> usize {
+    // The workers' small transactions lock rows in other orders: PostgreSQL may end this one
+    // as a deadlock victim, and an application would try again. The source did not change.
+    loop {
+        match try_big_transaction(client, round, ledger).await {
+            Ok(rows) => return rows,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+                eprintln!("big transaction {round}: deadlock victim, trying again");
+            }
+            Err(e) => panic!("big transaction {round}: {e:?}"),
+        }
+    }
+}
+
+async fn try_big_transaction(
+    client: &mut Client,
+    round: usize,
+    ledger: &Ledger,
+) -> Result<usize, tokio_postgres::Error> {
     const BULK: i32 = 20_000;
     let batch = round / 3;
     match round % 3 {
         0 => {
-            let tx = client.transaction().await.unwrap();
+            let tx = client.transaction().await?;
             let ids: Vec<Uuid> = tx
                 .query(
                     "INSERT INTO contacts (id, workspace_id, firstname, lastname, email,
@@ -437,8 +455,7 @@ async fn big_transaction(client: &mut Client, round: usize, ledger: &Ledger) -> 
                      RETURNING id",
                     &[&BULK, &(batch as i32)],
                 )
-                .await
-                .unwrap()
+                .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -451,12 +468,11 @@ async fn big_transaction(client: &mut Client, round: usize, ledger: &Ledger) -> 
                  WHERE c.notes = 'bulk-' || $1::int",
                 &[&(batch as i32)],
             )
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
+            .await?;
+            tx.commit().await?;
             ledger.committed.lock().unwrap().extend(ids.iter().copied());
             ledger.known.lock().unwrap().extend(ids.iter().copied());
-            ids.len() * 2
+            Ok(ids.len() * 2)
         }
         1 => client
             .execute(
@@ -464,16 +480,16 @@ async fn big_transaction(client: &mut Client, round: usize, ledger: &Ledger) -> 
                 &[],
             )
             .await
-            .unwrap() as usize,
+            .map(|n| n as usize),
         _ => {
             // Deletes cascade to the values: twice the rows in the stream.
-            2 * client
+            client
                 .execute(
                     "DELETE FROM contacts WHERE notes = 'bulk-' || $1::int",
                     &[&(batch as i32)],
                 )
                 .await
-                .unwrap() as usize
+                .map(|n| 2 * n as usize)
         }
     }
 }
