@@ -37,9 +37,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a slow reader gets to take the response.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once; beyond this, new ones are closed at once rather than queued,
-/// since a flood of them would otherwise hold memory and file descriptors.
+/// Connections served at once. At the limit, the connection that has waited longest for
+/// its request head is closed to make room: a flood of idle or half-sent requests can never
+/// keep a probe out (in a sidecar, a failing probe takes the application's pod out of its
+/// Service), and memory and file descriptors stay bounded.
 const MAX_CONNECTIONS: usize = 256;
+
+/// How long a new connection waits for an evicted one to let go of its place.
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the exporter's upkeep runs (it bounds histogram memory when nobody scrapes).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,6 +73,7 @@ pub async fn serve(
         .unwrap_or_else(|_| "(unknown)".into());
     tracing::info!(%addr, "HTTP endpoints listening");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Waiting::default();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,14 +89,26 @@ pub async fn serve(
             _ = upkeep.tick() => metrics.run_upkeep(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    // Over the limit: dropping the stream closes it; the client retries.
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::debug!("HTTP connection limit reached; connection closed");
-                        continue;
-                    };
+                    let (slots, waiting) = (slots.clone(), waiting.clone());
                     let (status, metrics) = (status.clone(), metrics.clone());
                     tokio::spawn(async move {
-                        handle(stream, &status, &metrics).await;
+                        let permit = match slots.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                // Full: the longest idle connection makes room.
+                                waiting.evict_oldest();
+                                match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned())
+                                    .await
+                                {
+                                    Ok(Ok(permit)) => permit,
+                                    _ => {
+                                        tracing::debug!("HTTP connection limit reached; connection closed");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        handle(stream, &status, &metrics, &waiting).await;
                         drop(permit);
                     });
                 }
@@ -123,10 +141,68 @@ impl Response {
     }
 }
 
+/// The connections still waiting for their request head, oldest first, each with the
+/// signal that closes it.
+#[derive(Clone, Default)]
+struct Waiting {
+    inner: Arc<std::sync::Mutex<WaitingInner>>,
+}
+
+#[derive(Default)]
+struct WaitingInner {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+}
+
+impl Waiting {
+    /// Registers a connection; returns its id and the signal to watch.
+    fn enter(&self) -> (u64, Arc<tokio::sync::Notify>) {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.next += 1;
+        let id = inner.next;
+        inner.queue.push_back((id, notify.clone()));
+        (id, notify)
+    }
+
+    /// The connection has its head (or gave up): it no longer waits.
+    fn leave(&self, id: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.queue.retain(|(i, _)| *i != id);
+    }
+
+    /// Closes the connection that has waited longest.
+    fn evict_oldest(&self) {
+        let oldest = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .pop_front();
+        if let Some((_, notify)) = oldest {
+            notify.notify_one();
+        }
+    }
+}
+
 /// Reads one request, answers it and closes the connection. Errors (a client that hangs
 /// up, times out or sends garbage) end the connection and are only worth a debug line.
-async fn handle(mut stream: TcpStream, status: &SharedStatus, metrics: &PrometheusHandle) {
-    let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+async fn handle(
+    mut stream: TcpStream,
+    status: &SharedStatus,
+    metrics: &PrometheusHandle,
+    waiting: &Waiting,
+) {
+    let (id, evicted) = waiting.enter();
+    let head = tokio::select! {
+        head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)) => head,
+        _ = evicted.notified() => {
+            tracing::debug!("HTTP connection idle the longest, closed to make room");
+            return;
+        }
+    };
+    waiting.leave(id);
+    let response = match head {
         Ok(Ok(head)) => route(&head, status, metrics),
         Ok(Err(HeadError::TooLarge)) => Response::text(431, "request header fields too large"),
         Ok(Err(HeadError::Io(e))) => {

@@ -313,6 +313,32 @@ async fn garbage_does_not_hurt_the_server() {
     assert_eq!(get(addr, "/metrics").await.code, 200);
 }
 
+/// Hundreds of idle, half-sent requests fill every place; probes still get in and are
+/// answered within a second, as the longest-waiting idle connections are closed for them.
+#[tokio::test]
+async fn probes_are_answered_while_idle_connections_fill_every_place() {
+    let server = start().await;
+    let addr = server.addr;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
+            .await
+            .expect("send half a request");
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        let reply = tokio::time::timeout(Duration::from_secs(1), get(addr, "/healthz"))
+            .await
+            .expect("a probe answered within 1 s");
+        assert_eq!(reply.code, 200);
+    }
+    assert!(!server.task.is_finished(), "server still running");
+    drop(idle);
+}
+
 #[tokio::test]
 async fn returns_on_shutdown() {
     let server = start().await;
