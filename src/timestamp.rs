@@ -11,7 +11,7 @@
 use std::fmt;
 
 use bytes::BytesMut;
-use chrono::{DateTime, NaiveDateTime};
+use chrono::NaiveDateTime;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 
 /// Microseconds in a day.
@@ -33,16 +33,6 @@ impl Timestamp {
     /// `-infinity`: earlier than every other value.
     pub const NEG_INFINITY: Timestamp = Timestamp(i64::MIN);
 
-    /// The timestamp `micros` microseconds after 2000-01-01 00:00:00.
-    pub const fn from_pg_micros(micros: i64) -> Timestamp {
-        Timestamp(micros)
-    }
-
-    /// Microseconds after 2000-01-01 00:00:00 (`i64::MAX`/`MIN` for the infinities).
-    pub const fn pg_micros(self) -> i64 {
-        self.0
-    }
-
     /// Whether it is `infinity` or `-infinity`.
     pub fn is_infinite(self) -> bool {
         self == Timestamp::INFINITY || self == Timestamp::NEG_INFINITY
@@ -60,15 +50,6 @@ impl Timestamp {
         } else {
             Timestamp(self.0.saturating_sub(micros))
         }
-    }
-
-    /// As `chrono` sees it: `None` for an infinity or a date beyond `chrono`'s range.
-    pub fn to_naive(self) -> Option<NaiveDateTime> {
-        if self.is_infinite() {
-            return None;
-        }
-        let unix = self.0.checked_add(PG_EPOCH_DAYS * DAY)?;
-        DateTime::from_timestamp_micros(unix).map(|t| t.naive_utc())
     }
 
     /// Reads PostgreSQL's ISO text output of a `timestamp` or `timestamptz`
@@ -366,9 +347,6 @@ mod tests {
         let t = NaiveDateTime::parse_from_str("2024-01-02 03:04:05.123456", "%Y-%m-%d %H:%M:%S%.f")
             .unwrap();
         assert_eq!(Timestamp::from(t), ts("2024-01-02 03:04:05.123456"));
-        assert_eq!(Timestamp::from(t).to_naive(), Some(t));
-        assert_eq!(Timestamp::INFINITY.to_naive(), None);
-        assert_eq!(ts("294276-12-31 23:59:59").to_naive(), None);
     }
 
     #[test]

@@ -370,15 +370,25 @@ pub async fn restore(
     }
     let mut statements = Vec::new();
     for row in &rows {
-        let key = SetAside {
-            table: row.get(0),
-            name: row.get(1),
-            columns: row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
-            referenced_schema: row.get::<_, Option<String>>(3).unwrap_or_default(),
-            referenced_table: row.get::<_, Option<String>>(4).unwrap_or_default(),
-            referenced_columns: row.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
-            on_delete: row.get::<_, Option<String>>(6).unwrap_or_default(),
-            on_update: row.get::<_, Option<String>>(7).unwrap_or_default(),
+        // The runtime role owns this table and could change its columns: read, never trust.
+        let read = || -> Result<SetAside, tokio_postgres::Error> {
+            Ok(SetAside {
+                table: row.try_get(0)?,
+                name: row.try_get(1)?,
+                columns: row.try_get::<_, Option<_>>(2)?.unwrap_or_default(),
+                referenced_schema: row.try_get::<_, Option<_>>(3)?.unwrap_or_default(),
+                referenced_table: row.try_get::<_, Option<_>>(4)?.unwrap_or_default(),
+                referenced_columns: row.try_get::<_, Option<_>>(5)?.unwrap_or_default(),
+                on_delete: row.try_get::<_, Option<_>>(6)?.unwrap_or_default(),
+                on_update: row.try_get::<_, Option<_>>(7)?.unwrap_or_default(),
+            })
+        };
+        let key = match read() {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(error = %e, "a recorded foreign key cannot be read; it is not added back and its record is removed");
+                continue;
+            }
         };
         match key.statement(settings) {
             Ok(statement) => statements.push(statement),
@@ -386,7 +396,7 @@ pub async fn restore(
             Err(why) => tracing::warn!(
                 table = %key.table,
                 constraint = %key.name,
-                recorded_text = ?row.get::<_, Option<String>>(8),
+                recorded_text = ?row.try_get::<_, Option<String>>(8).ok().flatten(),
                 "a recorded foreign key is not one leadsync sets aside ({why}); it is not added back and its record is removed"
             ),
         }

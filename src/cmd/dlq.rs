@@ -491,27 +491,20 @@ pub async fn file_rereads(
     };
     let mut requests = Vec::new();
     for workspace in scopes {
-        let filed = client
-            .query_opt(
-                "INSERT INTO leadsync.resync_requests (workspace_id)
-                 SELECT $1 WHERE NOT EXISTS (
-                   SELECT 1 FROM leadsync.resync_requests
-                   WHERE status = 'pending' AND workspace_id IS NOT DISTINCT FROM $1)
-                 RETURNING id",
+        // One statement, so the pending request it finds and the check agree.
+        let id: i64 = client
+            .query_one(
+                "WITH pending AS (
+                   SELECT max(id) AS id FROM leadsync.resync_requests
+                   WHERE status = 'pending' AND workspace_id IS NOT DISTINCT FROM $1),
+                 filed AS (
+                   INSERT INTO leadsync.resync_requests (workspace_id)
+                   SELECT $1 WHERE (SELECT id FROM pending) IS NULL RETURNING id)
+                 SELECT COALESCE((SELECT id FROM filed), (SELECT id FROM pending))",
                 &[&workspace],
             )
-            .await?;
-        let id = match filed {
-            Some(row) => row.get(0),
-            None => client
-                .query_one(
-                    "SELECT max(id) FROM leadsync.resync_requests
-                     WHERE status = 'pending' AND workspace_id IS NOT DISTINCT FROM $1",
-                    &[&workspace],
-                )
-                .await?
-                .get(0),
-        };
+            .await?
+            .try_get(0)?;
         requests.push((id, workspace));
     }
     Ok(requests)
