@@ -32,7 +32,8 @@ ALTER ROLE leadsync_installer LOGIN;
 -- teardown drops the replication slot
 ALTER ROLE leadsync_installer REPLICATION;
 
--- setup hands the runtime role its tables; setup and teardown alter and drop them
+-- teardown ends the runtime role's walsender that holds the slot; setup takes back tables
+-- an older setup had handed to the runtime role
 GRANT leadsync_runtime TO leadsync_installer;
 
 -- connects; creates the leadsync schema and the publication
@@ -66,10 +67,11 @@ BEGIN
   END LOOP;
 END $leadsync$;
 
--- creates the target tables
+-- creates the target tables, and owns them
 GRANT USAGE, CREATE ON SCHEMA public TO leadsync_installer;
 
--- foreign keys of the target tables
+-- foreign keys of the target tables (which the first load sets aside and adds back through
+-- the installer's functions)
 GRANT REFERENCES ON public.workspaces, public.custom_fields TO leadsync_installer;
 
 -- the target tables' row-level-security policies read it
@@ -81,10 +83,16 @@ GRANT USAGE ON SCHEMA auth TO leadsync_installer;
 -- foreign keys of the target tables
 GRANT REFERENCES ON auth.users TO leadsync_installer;
 
--- setup creates the replication origin (the checkpoint), teardown drops it
+-- setup creates the replication origin (the checkpoint), teardown drops it; the installer's
+-- functions bind it and checkpoint through it for the runtime role, only for leadsync's own
+-- origin
 GRANT EXECUTE ON FUNCTION
     pg_replication_origin_create(text),
-    pg_replication_origin_drop(text)
+    pg_replication_origin_drop(text),
+    pg_replication_origin_session_setup(text),
+    pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone),
+    pg_replication_origin_xact_reset(),
+    pg_replication_origin_session_progress(boolean)
   TO leadsync_installer;
 
 -- Runtime role leadsync_runtime: leadsync run and every other command.
@@ -92,7 +100,9 @@ GRANT EXECUTE ON FUNCTION
 -- connects
 ALTER ROLE leadsync_runtime LOGIN;
 
--- creates its replication slot on the first run and streams from it
+-- creates its replication slot on the first run and streams from it (REPLICATION lets a
+-- role decode every change of every table: see docs/roles-and-tls.md for the pg_hba.conf
+-- lines that keep it to logical replication of this database)
 ALTER ROLE leadsync_runtime REPLICATION;
 
 -- connects
@@ -109,54 +119,49 @@ GRANT SELECT ON public.contacts, public.contact_custom_fields, public.custom_fie
 -- assess reports per workspace, by name
 GRANT SELECT ON public.workspaces TO leadsync_runtime;
 
--- the first load sets the target tables' foreign keys into them aside and adds them back,
--- validated, when it commits (without it they are checked row by row)
-GRANT REFERENCES ON public.workspaces, public.custom_fields TO leadsync_runtime;
-
--- reaches auth.users, into which the first load adds the target tables' foreign keys back
-GRANT USAGE ON SCHEMA auth TO leadsync_runtime;
-
--- the first load sets the target tables' foreign keys into it aside and adds them back,
--- validated, when it commits (without it they are checked row by row)
-GRANT REFERENCES ON auth.users TO leadsync_runtime;
-
 -- reverse sync writes edits of migrated customers back to their contacts
 GRANT UPDATE (firstname, lastname, email, phone_number, st_address, city, state, zip, updated_at) ON public.contacts TO leadsync_runtime;
-
--- reaches the target tables; the first load drops their indexes and builds them again once
--- the rows are in, and PostgreSQL builds an index only for a role with CREATE on the
--- table's schema (CREATE may be revoked once the first load is done, until another one)
-GRANT USAGE, CREATE ON SCHEMA public TO leadsync_runtime;
-
--- checkpoints: binds the replication origin to its session (which also keeps a second
--- daemon standing by), sets the checkpoint in each transaction, reads it back
-GRANT EXECUTE ON FUNCTION
-    pg_replication_origin_session_setup(text),
-    pg_replication_origin_session_reset(),
-    pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone),
-    pg_replication_origin_xact_reset(),
-    pg_replication_origin_progress(text, boolean),
-    pg_replication_origin_session_progress(boolean)
-  TO leadsync_runtime;
 
 COMMIT;
 
 -- Done by `leadsync setup --runtime-role leadsync_runtime` as the installer, once the
 -- objects exist (shown here, not run):
 --
--- reaches leadsync's own tables; the first load rebuilds their indexes
---   GRANT USAGE, CREATE ON SCHEMA leadsync TO leadsync_runtime;
+-- reaches leadsync's own tables and functions
+--   GRANT USAGE ON SCHEMA leadsync TO leadsync_runtime;
 --
--- writes the rows it owns; the first load sets the tables' indexes and keys aside and
--- rebuilds them, which only their owner may do; their owner is not subject to their
--- row-level security (BYPASSRLS would lift every policy of every table in the cluster)
---   ALTER TABLE public.customers OWNER TO leadsync_runtime;
---   ALTER TABLE public.leads OWNER TO leadsync_runtime;
---   ALTER TABLE public.appointments OWNER TO leadsync_runtime;
---   ALTER TABLE public.customer_custom_fields OWNER TO leadsync_runtime;
---   ALTER TABLE public.lead_custom_fields OWNER TO leadsync_runtime;
---   ALTER TABLE public.appointment_custom_fields OWNER TO leadsync_runtime;
+-- writes the rows it projects; the installer owns the tables
+--   GRANT SELECT, INSERT, UPDATE, DELETE ON public.customers, public.leads, public.appointments, public.customer_custom_fields, public.lead_custom_fields, public.appointment_custom_fields TO leadsync_runtime;
 --
--- its checkpoint state, dead letters and resync requests; the first load truncates and
--- re-indexes them
---   ALTER TABLE leadsync.* OWNER TO leadsync_runtime;
+-- sees and writes every row despite the tables' row-level security, and only these tables'
+-- (BYPASSRLS would lift every policy of every table in the cluster; owning the tables would
+-- let it put triggers on them that the application runs)
+--   CREATE POLICY "leadsync daemon" ON public.customers FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--   CREATE POLICY "leadsync daemon" ON public.leads FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--   CREATE POLICY "leadsync daemon" ON public.appointments FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--   CREATE POLICY "leadsync daemon" ON public.customer_custom_fields FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--   CREATE POLICY "leadsync daemon" ON public.lead_custom_fields FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--   CREATE POLICY "leadsync daemon" ON public.appointment_custom_fields FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
+--
+-- its checkpoint state, dead letters, resync requests and reverse-sync queue
+--   GRANT SELECT, INSERT, UPDATE, DELETE ON leadsync.sync_state, leadsync.dead_letters, leadsync.contacts, leadsync.field_values, leadsync.fields, leadsync.resync_requests, leadsync.reverse_writes, leadsync.reverse_queue TO leadsync_runtime;
+--
+-- the first load empties leadsync's copy of the legacy rows
+--   GRANT TRUNCATE ON leadsync.contacts, leadsync.field_values, leadsync.fields TO leadsync_runtime;
+--
+-- reads which foreign keys a first load set aside
+--   GRANT SELECT ON leadsync.deferred_constraints TO leadsync_runtime;
+--
+-- the installer's functions: bind leadsync's replication origin and checkpoint through it;
+-- set the first load's keys, indexes and row-level security aside and put them back (only a
+-- table's owner may)
+--   GRANT EXECUTE ON FUNCTION
+--       leadsync.bind_origin(text),
+--       leadsync.origin_xact_setup(pg_lsn, timestamp with time zone),
+--       leadsync.origin_xact_reset(),
+--       leadsync.origin_session_progress(boolean),
+--       leadsync.set_aside_for_load(text),
+--       leadsync.restore_after_load(text),
+--       leadsync.set_aside_foreign_keys(),
+--       leadsync.restore_foreign_keys()
+--     TO leadsync_runtime;

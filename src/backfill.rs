@@ -7,12 +7,14 @@
 //! 1. leadsync's own state is copied server-side (`INSERT … SELECT` from the snapshot);
 //! 2. the target tables' indexes, keys and foreign keys are set aside (their definitions
 //!    read from the catalog), because building them once over loaded tables is far cheaper
-//!    than maintaining them row by row;
+//!    than maintaining them row by row, and so is their row-level security, which refuses
+//!    COPY to a role that does not own them — through the installer's functions, which
+//!    refuse to commit a transaction that did not put everything back ([`crate::definer`]);
 //! 3. one pass per target table: a second session that imported the same snapshot streams
 //!    the legacy rows out with binary `COPY TO`, the Rust projection turns them into target
 //!    rows, and binary `COPY FROM` streams them in — memory stays flat whatever the size;
-//! 4. the indexes and constraints are rebuilt under their own names, so the schema ends
-//!    exactly as `leadsync setup` made it, and the tables are analysed;
+//! 4. the indexes, constraints and row-level security are put back under their own names,
+//!    so the schema ends exactly as `leadsync setup` made it, and the tables are analysed;
 //! 5. the foreign keys into legacy tables, which [`foreign_keys::set_aside`] dropped in a
 //!    short transaction of its own before the snapshot (dropping them here would lock the
 //!    legacy tables for the whole load), are added back and validated.
@@ -209,30 +211,17 @@ pub async fn load(
         "NULL::text"
     };
 
-    let mut tables: Vec<String> = ["customers", "leads", "appointments"]
-        .iter()
-        .map(|n| format!("{t}.{n}"))
-        .collect();
-    tables.extend(ValueTable::ALL.iter().map(|v| format!("{t}.{}", v.table())));
-    let deferred = Deferred::set_aside(apply, &tables).await?;
+    set_aside(apply, LoadGroup::Target).await?;
 
     // leadsync's state is a plain copy of the legacy rows, made server-side on its own
     // session (in the same snapshot) while the target tables load. It commits first; if the
     // load then fails, the phase is still `backfill` and the next run starts over.
     let copy_state = async {
-        let state_tables: Vec<String> = [
-            "leadsync.contacts",
-            "leadsync.field_values",
-            "leadsync.fields",
-        ]
-        .iter()
-        .map(|n| (*n).to_owned())
-        .collect();
         state
             .batch_execute("TRUNCATE leadsync.contacts, leadsync.field_values, leadsync.fields")
             .await
             .map_err(db_error("clearing leadsync's state"))?;
-        let deferred = Deferred::set_aside(state, &state_tables).await?;
+        set_aside(state, LoadGroup::State).await?;
         let contact = contact_select("c");
         let state_sql = format!(
             "INSERT INTO leadsync.fields (id, context_type) SELECT id, {context} FROM {s}.custom_fields;
@@ -245,7 +234,7 @@ pub async fn load(
             .batch_execute(&state_sql)
             .await
             .map_err(db_error("copying the legacy rows into leadsync's state"))?;
-        deferred.restore(state).await?;
+        restore(state, LoadGroup::State).await?;
         let contacts = count(state, "leadsync.contacts").await?;
         let values = count(state, "leadsync.field_values").await?;
         Ok::<_, ApplyError>((contacts, values))
@@ -308,19 +297,7 @@ pub async fn load(
         .map_err(db_error("committing leadsync's state"))?;
 
     let rebuild = Instant::now();
-    deferred.restore(apply).await?;
-    // The target tables get fresh statistics for the application's queries; leadsync's own
-    // tables are only read by key, and autovacuum analyses them soon enough.
-    let analyze = tables
-        .iter()
-        .filter(|t| !t.starts_with("leadsync."))
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    apply
-        .batch_execute(&format!("ANALYZE {analyze}"))
-        .await
-        .map_err(db_error("analysing the loaded tables"))?;
+    restore(apply, LoadGroup::Target).await?;
     tracing::info!(
         seconds = rebuild.elapsed().as_secs_f64(),
         "first load: indexes and constraints rebuilt, tables analysed"
@@ -737,102 +714,45 @@ async fn column_types(
     Ok(types)
 }
 
-/// Indexes, keys and foreign keys of the loaded tables, set aside and put back.
-struct Deferred {
-    /// `ALTER TABLE … ADD CONSTRAINT …` for primary keys and unique constraints.
-    keys: Vec<String>,
-    /// `CREATE INDEX …` for the other indexes.
-    indexes: Vec<String>,
-    /// `ALTER TABLE … ADD CONSTRAINT …` for foreign keys.
-    foreign_keys: Vec<String>,
+/// The tables whose keys, indexes and row-level security a first load sets aside.
+#[derive(Debug, Clone, Copy)]
+enum LoadGroup {
+    /// The six target tables.
+    Target,
+    /// leadsync's copy of the legacy rows.
+    State,
 }
 
-impl Deferred {
-    async fn set_aside(client: &Client, tables: &[String]) -> Result<Deferred, ApplyError> {
-        let tables: Vec<String> = tables.to_vec();
-        // Keys other tables depend on (a native table of the new application pointing at
-        // customers) stay, and so do foreign keys into legacy tables (workspaces,
-        // custom_fields, auth.users): dropping or adding those locks the legacy table, and
-        // the application's writers must never wait for the load.
-        let constraints = client
-            .query(
-                "SELECT c.conrelid::regclass::text, quote_ident(c.conname), c.contype::text,
-                        pg_get_constraintdef(c.oid),
-                        EXISTS (SELECT 1 FROM pg_constraint d
-                                WHERE d.contype = 'f' AND d.confrelid = c.conrelid
-                                  AND d.conrelid <> ALL($1::text[]::regclass[]))
-                 FROM pg_constraint c
-                 WHERE c.conrelid = ANY($1::text[]::regclass[])
-                   AND (c.contype IN ('p', 'u')
-                        OR (c.contype = 'f' AND c.confrelid = ANY($1::text[]::regclass[])))
-                 ORDER BY (c.contype = 'f') DESC, 1, 2",
-                &[&tables],
-            )
-            .await
-            .map_err(db_error("reading the tables' constraints"))?;
-        let indexes = client
-            .query(
-                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-                 FROM pg_index i
-                 WHERE i.indrelid = ANY($1::text[]::regclass[])
-                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-                 ORDER BY 1",
-                &[&tables],
-            )
-            .await
-            .map_err(db_error("reading the tables' indexes"))?;
-        let mut deferred = Deferred {
-            keys: Vec::new(),
-            indexes: Vec::new(),
-            foreign_keys: Vec::new(),
-        };
-        let mut drops = Vec::new();
-        // Foreign keys first (they depend on the keys), then keys, then plain indexes.
-        for row in &constraints {
-            let (table, name, kind, def, referenced): (String, String, String, String, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            if kind != "f" && referenced {
-                continue;
-            }
-            drops.push(format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
-            let add = format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}");
-            if kind == "f" {
-                deferred.foreign_keys.push(add);
-            } else {
-                deferred.keys.push(add);
-            }
+impl LoadGroup {
+    fn name(self) -> &'static str {
+        match self {
+            LoadGroup::Target => "target",
+            LoadGroup::State => "state",
         }
-        for row in &indexes {
-            let (name, def): (String, String) = (row.get(0), row.get(1));
-            drops.push(format!("DROP INDEX {name}"));
-            deferred.indexes.push(def);
-        }
-        if !drops.is_empty() {
-            client
-                .batch_execute(&drops.join(";\n"))
-                .await
-                .map_err(db_error("setting indexes aside for the load"))?;
-        }
-        Ok(deferred)
     }
+}
 
-    async fn restore(self, client: &Client) -> Result<(), ApplyError> {
-        let statements: Vec<String> = self
-            .keys
-            .into_iter()
-            .chain(self.indexes)
-            .chain(self.foreign_keys)
-            .collect();
-        if !statements.is_empty() {
-            client
-                .batch_execute(&statements.join(";\n"))
-                .await
-                .map_err(db_error(
-                    "rebuilding indexes and constraints after the load",
-                ))?;
-        }
-        Ok(())
-    }
+/// Sets the group's keys, indexes and (target tables) row-level security aside in the open
+/// transaction, through the installer's function (only a table's owner may; see
+/// [`crate::definer`]): a load into empty tables need not pay per-row index maintenance.
+async fn set_aside(client: &Client, group: LoadGroup) -> Result<(), ApplyError> {
+    client
+        .query_one("SELECT leadsync.set_aside_for_load($1)", &[&group.name()])
+        .await
+        .map_err(db_error("setting indexes aside for the load"))?;
+    Ok(())
+}
+
+/// Builds what [`set_aside`] set aside again (and analyses the target tables); the
+/// transaction cannot commit before this.
+async fn restore(client: &Client, group: LoadGroup) -> Result<(), ApplyError> {
+    client
+        .query_one("SELECT leadsync.restore_after_load($1)", &[&group.name()])
+        .await
+        .map_err(db_error(
+            "rebuilding indexes and constraints after the load",
+        ))?;
+    Ok(())
 }
 
 /// Opens a session for reading the snapshot.

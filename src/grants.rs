@@ -38,21 +38,33 @@ pub const REVERSE_SYNC_COLUMNS: [&str; REVERSE_COLUMNS.len() + 1] = {
     columns
 };
 
-/// The replication-origin functions the daemon calls.
-pub const RUNTIME_ORIGIN_FUNCTIONS: [&str; 6] = [
+/// The replication-origin functions the installer calls: setup creates the origin, teardown
+/// drops it, and leadsync's functions, which the installer owns, bind it and checkpoint
+/// through it for the runtime role.
+pub const INSTALLER_ORIGIN_FUNCTIONS: [&str; 6] = [
+    "pg_replication_origin_create(text)",
+    "pg_replication_origin_drop(text)",
     "pg_replication_origin_session_setup(text)",
-    "pg_replication_origin_session_reset()",
     "pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
     "pg_replication_origin_xact_reset()",
-    "pg_replication_origin_progress(text, boolean)",
     "pg_replication_origin_session_progress(boolean)",
 ];
 
-/// The replication-origin functions setup and teardown call.
-pub const INSTALLER_ORIGIN_FUNCTIONS: [&str; 2] = [
-    "pg_replication_origin_create(text)",
-    "pg_replication_origin_drop(text)",
+/// leadsync's tables the runtime role reads and writes.
+pub const RUNTIME_STATE_TABLES: [&str; 8] = [
+    "sync_state",
+    "dead_letters",
+    "contacts",
+    "field_values",
+    "fields",
+    "resync_requests",
+    "reverse_writes",
+    "reverse_queue",
 ];
+
+/// The name of the row-level-security policy that lets the runtime role see and write
+/// every row of the target tables.
+pub const RUNTIME_POLICY: &str = "leadsync daemon";
 
 /// Which of the two roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +101,9 @@ pub enum On {
     Functions(&'static [&'static str]),
     /// Ownership of the legacy tables, or membership in their owner role.
     LegacyOwnership,
-    /// Ownership of these tables (every table of the schema when empty).
-    Ownership(Schema, &'static [&'static str]),
+    /// A row-level-security policy, [`RUNTIME_POLICY`], on these tables: every row, for
+    /// every command, to the role.
+    Policy(Schema, &'static [&'static str]),
 }
 
 /// When a privilege is given.
@@ -141,7 +154,8 @@ pub fn privileges() -> Vec<Privilege> {
             "",
             On::MemberOf(Runtime),
             BeforeSetup,
-            "setup hands the runtime role its tables; setup and teardown alter and drop them",
+            "teardown ends the runtime role's walsender that holds the slot; setup takes back \
+             tables an older setup had handed to the runtime role",
         ),
         p(
             Installer,
@@ -170,14 +184,15 @@ pub fn privileges() -> Vec<Privilege> {
             "USAGE, CREATE",
             On::Schema(Schema::Target),
             BeforeSetup,
-            "creates the target tables",
+            "creates the target tables, and owns them",
         ),
         p(
             Installer,
             "REFERENCES",
             On::Tables(Schema::Source, &["workspaces", "custom_fields"]),
             BeforeSetup,
-            "foreign keys of the target tables",
+            "foreign keys of the target tables (which the first load sets aside and adds back \
+             through the installer's functions)",
         ),
         p(
             Installer,
@@ -205,7 +220,9 @@ pub fn privileges() -> Vec<Privilege> {
             "EXECUTE",
             On::Functions(&INSTALLER_ORIGIN_FUNCTIONS),
             BeforeSetup,
-            "setup creates the replication origin (the checkpoint), teardown drops it",
+            "setup creates the replication origin (the checkpoint), teardown drops it; the \
+             installer's functions bind it and checkpoint through it for the runtime role, \
+             only for leadsync's own origin",
         ),
         // The runtime role.
         p(Runtime, "LOGIN", On::Attribute, BeforeSetup, "connects"),
@@ -214,7 +231,9 @@ pub fn privileges() -> Vec<Privilege> {
             "REPLICATION",
             On::Attribute,
             BeforeSetup,
-            "creates its replication slot on the first run and streams from it",
+            "creates its replication slot on the first run and streams from it (REPLICATION \
+             lets a role decode every change of every table: see docs/roles-and-tls.md for the \
+             pg_hba.conf lines that keep it to logical replication of this database)",
         ),
         p(Runtime, "CONNECT", On::Database, BeforeSetup, "connects"),
         p(
@@ -240,30 +259,6 @@ pub fn privileges() -> Vec<Privilege> {
         ),
         p(
             Runtime,
-            "REFERENCES",
-            On::Tables(Schema::Source, &["workspaces", "custom_fields"]),
-            BeforeSetup,
-            "the first load sets the target tables' foreign keys into them aside and adds \
-             them back, validated, when it commits (without it they are checked row by row)",
-        ),
-        p(
-            Runtime,
-            "USAGE",
-            On::Schema(Schema::Auth),
-            BeforeSetup,
-            "reaches auth.users, into which the first load adds the target tables' foreign \
-             keys back",
-        ),
-        p(
-            Runtime,
-            "REFERENCES",
-            On::Tables(Schema::Auth, &["users"]),
-            BeforeSetup,
-            "the first load sets the target tables' foreign keys into it aside and adds them \
-             back, validated, when it commits (without it they are checked row by row)",
-        ),
-        p(
-            Runtime,
             "UPDATE",
             On::Columns(Schema::Source, "contacts", &REVERSE_SYNC_COLUMNS),
             BeforeSetup,
@@ -271,46 +266,64 @@ pub fn privileges() -> Vec<Privilege> {
         ),
         p(
             Runtime,
-            "USAGE, CREATE",
+            "USAGE",
             On::Schema(Schema::Target),
             BeforeSetup,
-            "reaches the target tables; the first load drops their indexes and builds them \
-             again once the rows are in, and PostgreSQL builds an index only for a role with \
-             CREATE on the table's schema (CREATE may be revoked once the first load is done, \
-             until another one)",
+            "reaches the target tables (USAGE only: a role with CREATE on a schema others \
+             search could plant objects their queries pick up)",
+        ),
+        p(
+            Runtime,
+            "USAGE",
+            On::Schema(Schema::State),
+            BySetup,
+            "reaches leadsync's own tables and functions",
+        ),
+        p(
+            Runtime,
+            "SELECT, INSERT, UPDATE, DELETE",
+            On::Tables(Schema::Target, &TARGET_TABLES),
+            BySetup,
+            "writes the rows it projects; the installer owns the tables",
+        ),
+        p(
+            Runtime,
+            "",
+            On::Policy(Schema::Target, &TARGET_TABLES),
+            BySetup,
+            "sees and writes every row despite the tables' row-level security, and only these \
+             tables' (BYPASSRLS would lift every policy of every table in the cluster; owning \
+             the tables would let it put triggers on them that the application runs)",
+        ),
+        p(
+            Runtime,
+            "SELECT, INSERT, UPDATE, DELETE",
+            On::Tables(Schema::State, &RUNTIME_STATE_TABLES),
+            BySetup,
+            "its checkpoint state, dead letters, resync requests and reverse-sync queue",
+        ),
+        p(
+            Runtime,
+            "TRUNCATE",
+            On::Tables(Schema::State, &crate::definer::LOADED_STATE_TABLES),
+            BySetup,
+            "the first load empties leadsync's copy of the legacy rows",
+        ),
+        p(
+            Runtime,
+            "SELECT",
+            On::Tables(Schema::State, &["deferred_constraints"]),
+            BySetup,
+            "reads which foreign keys a first load set aside",
         ),
         p(
             Runtime,
             "EXECUTE",
-            On::Functions(&RUNTIME_ORIGIN_FUNCTIONS),
-            BeforeSetup,
-            "checkpoints: binds the replication origin to its session (which also keeps a \
-             second daemon standing by), sets the checkpoint in each transaction, reads it back",
-        ),
-        p(
-            Runtime,
-            "USAGE, CREATE",
-            On::Schema(Schema::State),
+            On::Functions(&crate::definer::RUNTIME_FUNCTIONS),
             BySetup,
-            "reaches leadsync's own tables; the first load rebuilds their indexes",
-        ),
-        p(
-            Runtime,
-            "",
-            On::Ownership(Schema::Target, &TARGET_TABLES),
-            BySetup,
-            "writes the rows it owns; the first load sets the tables' indexes and keys aside and \
-             rebuilds them, which only their owner may do; their owner is not subject to their \
-             row-level security (BYPASSRLS would lift every policy of every table in the \
-             cluster)",
-        ),
-        p(
-            Runtime,
-            "",
-            On::Ownership(Schema::State, &[]),
-            BySetup,
-            "its checkpoint state, dead letters and resync requests; the first load truncates \
-             and re-indexes them",
+            "the installer's functions: bind leadsync's replication origin and checkpoint \
+             through it; set the first load's keys, indexes and row-level security aside and put \
+             them back (only a table's owner may)",
         ),
     ]
 }
@@ -491,8 +504,41 @@ fn statement(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
                 installer = quote_literal(names.name(p.role)),
             )
         }
-        On::Ownership(..) => String::new(),
+        On::Policy(schema, tables) => tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "CREATE POLICY {} ON {} FOR ALL TO {role} USING (true) WITH CHECK (true);\n",
+                    crate::db::quote_ident(RUNTIME_POLICY),
+                    table(schemas, schema, t)
+                )
+            })
+            .collect(),
     }
+}
+
+/// What setup runs for a [`On::Policy`] entry: each policy created, or (when a policy of
+/// that name is there already) set to exactly what it should be.
+pub fn policy_sql(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
+    let On::Policy(schema, tables) = p.on else {
+        return String::new();
+    };
+    let role = ident(names.name(p.role));
+    let policy = crate::db::quote_ident(RUNTIME_POLICY);
+    let mut sql = String::from("DO $leadsync$ BEGIN\n");
+    for t in tables {
+        let qualified = table(schemas, schema, t);
+        sql.push_str(&format!(
+            "  IF EXISTS (SELECT FROM pg_policy WHERE polrelid = {}::regclass AND polname = {}) \
+             THEN\n    ALTER POLICY {policy} ON {qualified} TO {role} USING (true) WITH CHECK \
+             (true);\n  ELSE\n    CREATE POLICY {policy} ON {qualified} FOR ALL TO {role} USING \
+             (true) WITH CHECK (true);\n  END IF;\n",
+            quote_literal(&qualified),
+            quote_literal(RUNTIME_POLICY),
+        ));
+    }
+    sql.push_str("END $leadsync$;\n");
+    sql
 }
 
 /// The SQL `leadsync setup --print-grants` prints: the roles and everything a superuser
@@ -564,40 +610,19 @@ pub fn roles_sql(names: &RoleNames, schemas: &Schemas) -> String {
     for p in list.iter().filter(|p| p.when == When::BySetup) {
         sql.push_str("--\n");
         sql.push_str(&comment(p.why));
-        for line in handover_sql(p, names, schemas, None).lines() {
+        for line in handover_sql(p, names, schemas).lines() {
             sql.push_str(&format!("--   {line}\n"));
         }
     }
     sql
 }
 
-/// The statements of a [`When::BySetup`] entry; an ownership entry covers `only` these
-/// tables when given (setup passes those not owned yet), else the entry's own list
-/// (`schema.*` for a whole schema).
-pub fn handover_sql(
-    p: &Privilege,
-    names: &RoleNames,
-    schemas: &Schemas,
-    only: Option<&[String]>,
-) -> String {
-    let role = ident(names.name(p.role));
-    match p.on {
-        On::Ownership(schema, tables) => {
-            let tables: Vec<String> = match only {
-                Some(list) => list.iter().map(|t| table(schemas, schema, t)).collect(),
-                None if tables.is_empty() => vec![format!("{}.*", ident(schemas.name(schema)))],
-                None => tables.iter().map(|t| table(schemas, schema, t)).collect(),
-            };
-            tables
-                .iter()
-                .map(|t| format!("ALTER TABLE {t} OWNER TO {role};\n"))
-                .collect()
-        }
-        _ => statement(p, names, schemas),
-    }
+/// The statements of a [`When::BySetup`] entry, as `--print-grants` shows them.
+pub fn handover_sql(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
+    statement(p, names, schemas)
 }
 
-/// One privilege a role should have before setup.
+/// One privilege a role should have.
 #[derive(Debug, Clone)]
 pub struct Check {
     /// What it is, phrased for a message.
@@ -611,11 +636,16 @@ pub struct Check {
 
 /// The privileges `role` should have before setup, each with the SQL that checks it.
 pub fn checks(role: Role, names: &RoleNames, schemas: &Schemas) -> Vec<Check> {
+    checks_when(role, When::BeforeSetup, names, schemas)
+}
+
+/// The privileges `role` gets `when`, each with the SQL that checks it.
+pub fn checks_when(role: Role, when: When, names: &RoleNames, schemas: &Schemas) -> Vec<Check> {
     let name = quote_literal(names.name(role));
     let mut out = Vec::new();
     for p in privileges()
         .iter()
-        .filter(|p| p.role == role && p.when == When::BeforeSetup)
+        .filter(|p| p.role == role && p.when == when)
     {
         let mut add = |what: String, sql: String| {
             out.push(Check {
@@ -673,15 +703,43 @@ pub fn checks(role: Role, names: &RoleNames, schemas: &Schemas) -> Vec<Check> {
             On::Tables(schema, tables) => {
                 for t in tables {
                     let qualified = format!("{}.{t}", schemas.name(schema));
+                    // has_table_privilege with a list is true when any one is held.
+                    let all = p
+                        .privilege
+                        .split(", ")
+                        .map(|privilege| {
+                            format!("has_table_privilege({name}, c.oid, '{privilege}')")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
                     add(
                         format!("{} on `{qualified}`", p.privilege),
                         format!(
-                            "COALESCE((SELECT has_table_privilege({name}, c.oid, '{}') FROM \
-                             pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE \
-                             n.nspname = {} AND c.relname = {}), false)",
-                            p.privilege,
+                            "COALESCE((SELECT {all} FROM pg_class c JOIN pg_namespace n ON \
+                             n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {}), \
+                             false)",
                             quote_literal(schemas.name(schema)),
                             quote_literal(t)
+                        ),
+                    );
+                }
+            }
+            On::Policy(schema, tables) => {
+                for t in tables {
+                    let qualified = format!("{}.{t}", schemas.name(schema));
+                    add(
+                        format!("the policy \"{RUNTIME_POLICY}\" on `{qualified}`"),
+                        format!(
+                            "EXISTS (SELECT FROM pg_policy p JOIN pg_class c ON c.oid = \
+                             p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE \
+                             n.nspname = {} AND c.relname = {} AND p.polname = {} AND \
+                             p.polcmd = '*' AND p.polpermissive AND p.polroles = ARRAY[(SELECT \
+                             oid FROM pg_roles WHERE rolname = {name})] AND \
+                             pg_get_expr(p.polqual, p.polrelid) = 'true' AND \
+                             pg_get_expr(p.polwithcheck, p.polrelid) = 'true')",
+                            quote_literal(schemas.name(schema)),
+                            quote_literal(t),
+                            quote_literal(RUNTIME_POLICY),
                         ),
                     );
                 }
@@ -721,7 +779,7 @@ pub fn checks(role: Role, names: &RoleNames, schemas: &Schemas) -> Vec<Check> {
                 }
             }
             // Checked by setup itself, which knows whether the schemas exist.
-            On::LegacyOwnership | On::Ownership(..) => {}
+            On::LegacyOwnership => {}
         }
     }
     out
@@ -750,8 +808,9 @@ pub fn privilege_hint(message: &str) -> Option<String> {
             ]
             .contains(&bare)
     };
-    let handover = "the runtime role must own the target tables and leadsync's own tables: \
-                    run `leadsync setup --runtime-role ROLE` as the installer";
+    let handover = "the runtime role gets its privileges on the target tables and on \
+                    leadsync's own tables and functions from `leadsync setup --runtime-role \
+                    ROLE`: run it as the installer";
     if message.contains("replication role") || message.contains("start WAL sender") {
         return Some(format!(
             "Missing privilege: the REPLICATION attribute (ALTER ROLE ... REPLICATION, as a \
@@ -759,15 +818,26 @@ pub fn privilege_hint(message: &str) -> Option<String> {
         ));
     }
     if let Some(name) = after("permission denied for function") {
-        let signature = RUNTIME_ORIGIN_FUNCTIONS
+        if crate::definer::RUNTIME_FUNCTIONS.iter().any(|f| {
+            f.split('(').next() == Some(name.as_str())
+                || f.split('(')
+                    .next()
+                    .and_then(|q| q.strip_prefix("leadsync."))
+                    == Some(name.as_str())
+        }) {
+            return Some(format!(
+                "Missing privilege: EXECUTE on function {name}; {handover}"
+            ));
+        }
+        let signature = INSTALLER_ORIGIN_FUNCTIONS
             .iter()
-            .chain(INSTALLER_ORIGIN_FUNCTIONS.iter())
             .find(|f| f.split('(').next() == Some(name.as_str()))
             .map(|f| (*f).to_owned())
             .unwrap_or_else(|| format!("{name}(...)"));
         return Some(format!(
             "Missing privilege: EXECUTE on function {name} (GRANT EXECUTE ON FUNCTION \
-             {signature} TO ROLE, as a superuser); {PRINT}"
+             {signature} TO the installer role, as a superuser, and run `leadsync setup` again); \
+             {PRINT}"
         ));
     }
     if let Some(name) = after("permission denied for schema") {
@@ -823,7 +893,10 @@ pub fn privilege_hint(message: &str) -> Option<String> {
     if let Some(rest) = message.strip_prefix("must be owner of ") {
         let name = rest.split_whitespace().last().unwrap_or(rest);
         if is_target_or_state(name) || name.starts_with("idx_") {
-            return Some(format!("Only the owner may do this to {name}: {handover}"));
+            return Some(format!(
+                "Only the owner of {name}, the installer, may do this; leadsync does it through \
+                 the installer's functions, and {handover}"
+            ));
         }
         return Some(format!(
             "Only the owner of {name} (or a member of its owner role) may do this: run it as \
@@ -865,24 +938,41 @@ mod tests {
              TO leadsync_runtime;",
             "GRANT UPDATE (firstname, lastname, email, phone_number, st_address, city, state, \
              zip, updated_at) ON public.contacts TO leadsync_runtime;",
-            "pg_replication_origin_session_setup(text)",
-            "pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
             "GRANT leadsync_runtime TO leadsync_installer;",
-            "--   ALTER TABLE public.customers OWNER TO leadsync_runtime;",
-            "--   GRANT USAGE, CREATE ON SCHEMA leadsync TO leadsync_runtime;",
-            "GRANT USAGE, CREATE ON SCHEMA public TO leadsync_runtime;",
+            "GRANT USAGE ON SCHEMA public TO leadsync_runtime;",
+            "--   GRANT USAGE ON SCHEMA leadsync TO leadsync_runtime;",
+            "--   GRANT SELECT, INSERT, UPDATE, DELETE ON public.customers, public.leads,",
+            "--   CREATE POLICY \"leadsync daemon\" ON public.customers FOR ALL TO leadsync_runtime \
+             USING (true) WITH CHECK (true);",
+            "--       leadsync.bind_origin(text),",
         ] {
             assert!(sql.contains(needed), "`{needed}` missing from:\n{sql}");
         }
-        let statements: String = sql
+        // The installer gets the origin functions, for leadsync's functions it owns.
+        let installer =
+            &sql[sql.find("-- Installer").unwrap()..sql.find("-- Runtime role").unwrap()];
+        for f in INSTALLER_ORIGIN_FUNCTIONS {
+            assert!(installer.contains(f), "{f}");
+        }
+        let runtime = &sql[sql.find("-- Runtime role").unwrap()..];
+        let statements: String = runtime
             .lines()
             .filter(|l| !l.trim_start().starts_with("--"))
             .collect::<Vec<_>>()
             .join("\n");
-        // Nothing that lifts every policy, and no superuser.
-        assert!(!statements.contains("BYPASSRLS") && !statements.contains("SUPERUSER"));
-        // No row writes granted on the legacy tables beyond reverse sync's columns; the
-        // target tables come by ownership.
+        // Nothing that lifts every policy, no superuser, no CREATE anywhere, no ownership,
+        // no origin function of its own.
+        for never in [
+            "BYPASSRLS",
+            "SUPERUSER",
+            "CREATE",
+            "OWNER",
+            "pg_replication_origin",
+            "REFERENCES",
+        ] {
+            assert!(!statements.contains(never), "{never} in:\n{statements}");
+        }
+        // No row writes granted on the legacy tables beyond reverse sync's columns.
         assert!(!statements.contains("INSERT") && !statements.contains("DELETE"));
     }
 
@@ -904,7 +994,7 @@ mod tests {
         assert!(sql.contains("GRANT SELECT ON crm.contacts"), "{sql}");
         assert!(sql.contains("nspname = 'crm_new'"), "{sql}");
         assert!(
-            sql.contains("ALTER TABLE crm_new.leads OWNER TO \"user\""),
+            sql.contains("CREATE POLICY \"leadsync daemon\" ON crm_new.leads FOR ALL TO \"user\""),
             "{sql}"
         );
     }
@@ -916,6 +1006,7 @@ mod tests {
             hint("permission denied for function pg_replication_origin_session_setup")
                 .contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)")
         );
+        assert!(hint("permission denied for function bind_origin").contains("--runtime-role"));
         assert!(hint("permission denied for table contacts").contains("SELECT"));
         assert!(hint("permission denied for table workspace_users").contains("installer role"));
         assert!(hint("permission denied for table customers").contains("--runtime-role"));

@@ -18,6 +18,8 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`, and the lag sampler.
 //! - [`reconcile`]: the target compared row by row with an SQL projection of the source.
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
+//! - [`definer`]: the installer-owned functions through which the runtime role does its
+//!   few privileged steps (the checkpoint, setting keys aside for the first load).
 //! - [`grants`]: the installer and runtime database roles and the one list of their grants.
 //! - [`triggers`]: leftover sync triggers that would loop with leadsync (setup refuses them).
 //! - [`cmd`]: one module per subcommand.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod db;
 pub mod decode;
+pub mod definer;
 pub mod error;
 pub mod fixtures;
 pub mod grants;

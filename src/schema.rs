@@ -9,7 +9,10 @@ pub const STATE_SCHEMA: &str = "leadsync";
 
 /// leadsync's own tables in [`STATE_SCHEMA`], in the order `teardown` drops them (by name:
 /// never by dropping the schema with CASCADE, which would take anything else with it).
-pub const STATE_TABLES: [&str; 9] = [
+pub const STATE_TABLES: [&str; 12] = [
+    "load_guard",
+    "load_set_aside",
+    "origins",
     "reverse_queue",
     "reverse_writes",
     "resync_requests",
@@ -249,8 +252,7 @@ CREATE TABLE IF NOT EXISTS leadsync.dead_letters (
     state_incomplete BOOLEAN NOT NULL DEFAULT FALSE
 );
 
--- Columns added since an older setup, added only where missing: after `setup
--- --runtime-role` the runtime role owns these tables, and only an owner may alter them.
+-- Columns added since an older setup, added only where missing.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'leadsync.dead_letters'::regclass
@@ -487,8 +489,14 @@ mod tests {
 
     #[test]
     fn teardown_knows_every_table_of_leadsyncs_schema() {
+        let functions = crate::definer::ddl(&crate::definer::Relations {
+            target: vec![1],
+            state: vec![2],
+            referenced: vec![3],
+        });
         let created: std::collections::BTreeSet<&str> = STATE_SQL
             .lines()
+            .chain(functions.lines())
             .filter_map(|l| l.strip_prefix("CREATE TABLE IF NOT EXISTS leadsync."))
             .filter_map(|rest| rest.split_whitespace().next())
             .collect();

@@ -167,7 +167,7 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{} now owns", roles.runtime)),
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} given", roles.runtime)),
         "{}",
         text(&out)
     );
@@ -209,10 +209,15 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
         owners.iter().any(|(t, _)| t == "leadsync.sync_state"),
         "{owners:?}"
     );
+    // The installer owns them all; the runtime role owns nothing and can create nothing.
     assert!(
-        owners.iter().all(|(_, owner)| owner == &roles.runtime),
+        owners.iter().all(|(_, owner)| owner == &roles.installer),
         "{owners:?}"
     );
+    let footholds = leadsync::cmd::setup::runtime_footholds(&admin, &settings, &roles.runtime)
+        .await
+        .unwrap();
+    assert!(footholds.is_empty(), "{footholds:?}");
     leadsync::fixtures::assign_demo_field_contexts(&admin)
         .await
         .unwrap();
@@ -221,7 +226,7 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
     let mut daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
     db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
     db.assert_projection(&settings).await;
-    // Its REFERENCES grants let it set the keys into legacy tables aside and add them back.
+    // The installer's functions set the keys into legacy tables aside and add them back.
     for needle in [
         "set aside for the first load",
         "keys=18",
@@ -229,15 +234,6 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
     ] {
         assert!(daemon.log().contains(needle), "{}", daemon.log());
     }
-    // CREATE on the target schema served the first load's index rebuild; streaming does
-    // without it.
-    admin
-        .batch_execute(&format!(
-            "REVOKE CREATE ON SCHEMA public FROM {}",
-            roles.runtime
-        ))
-        .await
-        .unwrap();
     legacy_writes(&admin).await;
     db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
     db.assert_projection(&settings).await;
@@ -338,10 +334,59 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
         "CREATE SCHEMA evil",
         "DROP SCHEMA leadsync CASCADE",
         "SELECT pg_replication_origin_create('evil')",
+        "SELECT pg_replication_origin_session_setup('evil')",
+        "SELECT pg_replication_origin_xact_setup('0/1', now())",
         "SELECT rolpassword FROM pg_authid",
+        "CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS 'SELECT 1::text'",
+        "CREATE FUNCTION leadsync.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE VIEW leadsync.evil AS SELECT 1",
+        "CREATE TRIGGER evil BEFORE INSERT ON customers FOR EACH ROW \
+         EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        "ALTER TABLE customers DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE leadsync.dead_letters ADD COLUMN evil text",
+        "CREATE POLICY evil ON leadsync.sync_state USING (true)",
+        "DROP INDEX idx_customers_email",
+        "ALTER TABLE customers DROP CONSTRAINT customers_workspace_id_fkey",
+        "INSERT INTO leadsync.deferred_constraints (table_name, constraint_name) VALUES ('x', 'y')",
+        "INSERT INTO leadsync.origins VALUES ('pg_16384')",
+        "SELECT * FROM leadsync.load_set_aside",
+        "SELECT leadsync.load_guard_check()",
     ] {
         denied(&runtime, sql).await;
     }
+    // Its functions bind leadsync's own origin only.
+    let other = runtime
+        .batch_execute("SELECT leadsync.bind_origin('pg_16384')")
+        .await
+        .expect_err("another origin bound");
+    assert!(
+        other.to_string().contains("is not one leadsync set up")
+            || leadsync::db::error_text(&other).contains("is not one leadsync set up"),
+        "{other}"
+    );
+    // What the first load sets aside cannot stay aside: a transaction that does not put it
+    // back does not commit, so the tables keep their indexes and row-level security.
+    let kept = runtime
+        .batch_execute("BEGIN; SELECT leadsync.set_aside_for_load('target'); COMMIT")
+        .await
+        .expect_err("set aside and committed");
+    assert!(
+        leadsync::db::error_text(&kept).contains("not put back"),
+        "{kept}"
+    );
+    let _ = runtime.batch_execute("ROLLBACK").await;
+    let (indexes, rls): (i64, bool) = {
+        let row = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_indexes WHERE tablename = 'customers'),
+                        (SELECT relrowsecurity FROM pg_class WHERE oid = 'customers'::regclass)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(indexes >= 7 && rls, "{indexes} {rls}");
     let publication = denied(&runtime, "CREATE PUBLICATION evil FOR TABLE contacts").await;
     assert!(publication.contains("permission denied"), "{publication}");
     let origin = denied(
@@ -375,8 +420,8 @@ async fn runtime_role_streams_with_only_its_grants_and_can_do_nothing_more() {
         )
         .await
         .expect("reverse-sync columns are writable");
-    // As their owner, the runtime role is not subject to the target tables' row-level
-    // security (no signed-in user here, so the policies would show nothing).
+    // Its own policy lets it see every row despite the target tables' row-level security
+    // (no signed-in user here, so the application's policies would show nothing).
     let seen: i64 = runtime
         .query_one("SELECT count(*) FROM customers", &[])
         .await
@@ -468,7 +513,6 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
     admin
         .batch_execute(&format!(
             "REVOKE SELECT ON contact_custom_fields FROM {r};
-             REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM {r};
              ALTER ROLE {r} NOREPLICATION;",
             r = roles.runtime
         ))
@@ -485,9 +529,45 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
     for needed in [
         "the REPLICATION attribute",
         "SELECT on `public.contact_custom_fields`",
-        "EXECUTE on pg_replication_origin_session_setup(text)",
     ] {
         assert!(text.contains(needed), "`{needed}` missing from:\n{text}");
+    }
+    // A runtime role that could plant code others run is refused, each way named.
+    admin
+        .batch_execute(&format!(
+            "GRANT SELECT ON contact_custom_fields TO {r};
+             ALTER ROLE {r} REPLICATION CREATEROLE;
+             GRANT CREATE ON SCHEMA public TO {r};
+             CREATE ROLE {o} NOLOGIN;
+             GRANT {o} TO {r};",
+            r = roles.runtime,
+            o = roles.owner
+        ))
+        .await
+        .unwrap();
+    let problems = match run_setup_with(&settings, &options).await {
+        Err(SetupError::Preconditions(p)) => p,
+        other => panic!("expected failed preconditions, got {other:?}"),
+    };
+    let [Problem::RuntimeFoothold { footholds, .. }] = problems.as_slice() else {
+        panic!("{problems:?}");
+    };
+    let text = footholds.join("\n");
+    for needed in [
+        format!(
+            "the CREATEROLE attribute: ALTER ROLE {} NOCREATEROLE;",
+            roles.runtime
+        ),
+        format!(
+            "CREATE on schema public: REVOKE CREATE ON SCHEMA public FROM {};",
+            roles.runtime
+        ),
+        format!(
+            "membership in role {}: REVOKE {} FROM {};",
+            roles.owner, roles.owner, roles.runtime
+        ),
+    ] {
+        assert!(text.contains(&needed), "`{needed}` missing from:\n{text}");
     }
     roles.drop(&admin).await;
 }
@@ -519,11 +599,11 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
     // The failed load gave the target tables back the keys it had set aside.
     assert_eq!(db.legacy_foreign_keys().await, keys);
 
-    // Without the replication origin's functions it cannot checkpoint.
+    // Without leadsync's functions it cannot checkpoint.
     admin
         .batch_execute(&format!(
             "GRANT SELECT ON contact_custom_fields TO {r};
-             REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM {r};",
+             REVOKE EXECUTE ON FUNCTION leadsync.bind_origin(text) FROM {r};",
             r = roles.runtime
         ))
         .await
@@ -533,15 +613,15 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         &db,
         &roles.runtime,
         &[
-            "EXECUTE on function pg_replication_origin_session_setup",
-            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text)",
+            "EXECUTE on function bind_origin",
+            "leadsync setup --runtime-role",
         ],
     );
 
     // Without the REPLICATION attribute it cannot create its slot.
     admin
         .batch_execute(&format!(
-            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO {r};
+            "GRANT EXECUTE ON FUNCTION leadsync.bind_origin(text) TO {r};
              ALTER ROLE {r} NOREPLICATION;",
             r = roles.runtime
         ))
@@ -585,14 +665,40 @@ async fn roles_set_up(db: &TestDb, admin: &tokio_postgres::Client) -> Roles {
 async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row_by_row() {
     let db = TestDb::spawn().await;
     let admin = db.client().await;
-    let roles = roles_set_up(&db, &admin).await;
-    let settings = db.settings();
-    // Without REFERENCES on auth.users the first load cannot add the keys into it back:
-    // it keeps those 12 (checked row by row), sets the other 6 aside, and the schema ends whole.
+    let roles = Roles::for_db(&db);
+    let mut settings = db.settings();
+    leadsync::fixtures::generate_demo_data(&admin, 50)
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
+        .await
+        .unwrap();
     admin
         .batch_execute(&format!(
-            "REVOKE REFERENCES ON auth.users FROM {r};",
-            r = roles.runtime
+            "ALTER TABLE contacts OWNER TO {i};
+             ALTER TABLE contact_custom_fields OWNER TO {i};
+             ALTER TABLE custom_fields OWNER TO {i};",
+            i = roles.installer
+        ))
+        .await
+        .unwrap();
+    settings.source.url = Some(SecretString::from(db.url_as(&roles.installer)));
+    run_setup_with(
+        &settings,
+        &SetupOptions {
+            runtime_role: Some(roles.runtime.clone()),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The installer's functions set the keys aside; without REFERENCES on auth.users the
+    // installer could not add the keys into it back: they keep those 12 (checked row by
+    // row), set the other 6 aside, and the schema ends whole.
+    admin
+        .batch_execute(&format!(
+            "REVOKE REFERENCES ON auth.users FROM {i};",
+            i = roles.installer
         ))
         .await
         .unwrap();
@@ -601,7 +707,7 @@ async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row
     {
         let daemon = Daemon::start(BIN, &env_as(&db, &roles.runtime));
         db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
-        db.assert_projection(&settings).await;
+        db.assert_projection(&db.settings()).await;
         let log = daemon.log();
         assert!(
             log.contains("checks foreign keys into these tables row by row"),
@@ -627,11 +733,12 @@ fn stops_saying(db: &TestDb, role: &str, needles: &[&str]) {
     }
 }
 
-/// The runtime role writes `leadsync.deferred_constraints`; what it plants there must never
-/// run as the installer. Planted: SQL text in the column older versions executed, and
-/// structured rows naming a legacy table, an injection in a name, and an unknown action.
-/// `teardown` (as a superuser) leaves the legacy tables as they were and adds back only keys
-/// of target tables, with every name quoted.
+/// `leadsync.deferred_constraints` is written only by the installer's functions; the runtime
+/// role cannot plant a row there. Rows an older version let it write must still never run as
+/// the installer. Planted (here by the superuser, as the runtime role could once): SQL text
+/// in the column older versions executed, and structured rows naming a legacy table, an
+/// injection in a name, and an unknown action. `teardown` (as a superuser) leaves the legacy
+/// tables as they were and adds back only keys of target tables, with every name quoted.
 #[tokio::test]
 async fn a_row_the_runtime_role_plants_in_the_keys_set_aside_never_runs_as_the_installer() {
     let db = TestDb::spawn().await;
@@ -653,7 +760,8 @@ async fn a_row_the_runtime_role_plants_in_the_keys_set_aside_never_runs_as_the_i
             'a; ALTER TABLE public.contacts OWNER TO {r}', 'a');",
         r = roles.runtime
     );
-    runtime.batch_execute(&planted).await.unwrap();
+    denied(&runtime, &planted).await;
+    admin.batch_execute(&planted).await.unwrap();
     let owner = || async {
         admin
             .query_one(
@@ -695,5 +803,131 @@ async fn a_row_the_runtime_role_plants_in_the_keys_set_aside_never_runs_as_the_i
         "{}",
         text(&out)
     );
+    roles.drop(&admin).await;
+}
+
+/// The review's way from the runtime role to superuser, performed: it plants an exact-type
+/// overload of `lower` where a superuser's query looks for it, and a trigger on `customers`
+/// for the application's inserts. Then a superuser queries `lower(email)` and the
+/// application role inserts a customer, as they would any day. Neither runs the runtime
+/// role's code: the runtime role stays what it was, and the marker its code would fill
+/// stays empty.
+#[tokio::test]
+async fn the_runtime_role_cannot_plant_code_that_other_roles_run() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    let roles = roles_set_up(&db, &admin).await;
+    let app = format!("app_{}", &db.slot[3..]);
+    let user = uuid::Uuid::new_v4();
+    let workspace: uuid::Uuid = admin
+        .query_one("SELECT id FROM workspaces ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.planted_ran (by text, at timestamptz DEFAULT now());
+             GRANT INSERT ON public.planted_ran TO PUBLIC;
+             CREATE ROLE {app} LOGIN;
+             GRANT USAGE ON SCHEMA auth TO {app};
+             GRANT SELECT ON workspace_users TO {app};
+             GRANT SELECT, INSERT ON customers TO {app};
+             INSERT INTO auth.users (id) VALUES ('{user}');
+             INSERT INTO workspace_users (workspace_id, user_id) VALUES ('{workspace}', '{user}');
+             INSERT INTO customers (workspace_id, email) VALUES ('{workspace}', 'A@Example.com');"
+        ))
+        .await
+        .unwrap();
+
+    // The runtime role tries every way the review found, in every schema it might reach.
+    let runtime = connect_as(&db, &roles.runtime).await;
+    let escalate = format!(
+        "LANGUAGE plpgsql AS $x$ BEGIN
+           INSERT INTO public.planted_ran (by) VALUES (current_user);
+           BEGIN EXECUTE 'ALTER ROLE {r} SUPERUSER'; EXCEPTION WHEN others THEN NULL; END;
+           RETURN lower($1::text);
+         END $x$",
+        r = roles.runtime
+    );
+    let schemas: Vec<String> = admin
+        .query(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname !~ '^pg_'
+               AND nspname <> 'information_schema'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut attempts = Vec::new();
+    for schema in &schemas {
+        attempts.push(format!(
+            "CREATE FUNCTION {schema}.lower(varchar) RETURNS text {escalate}"
+        ));
+    }
+    attempts.push(format!(
+        "CREATE FUNCTION pg_temp.planted() RETURNS trigger LANGUAGE plpgsql AS $x$ BEGIN
+           INSERT INTO public.planted_ran (by) VALUES (current_user);
+           BEGIN EXECUTE 'ALTER ROLE {r} SUPERUSER'; EXCEPTION WHEN others THEN NULL; END;
+           RETURN NEW;
+         END $x$;
+         CREATE TRIGGER planted BEFORE INSERT ON customers FOR EACH ROW
+           EXECUTE FUNCTION pg_temp.planted()",
+        r = roles.runtime
+    ));
+    attempts
+        .push("ALTER TABLE customers ENABLE ALWAYS TRIGGER customers_workspace_id_fkey".to_owned());
+    let mut refused = 0;
+    for sql in &attempts {
+        if runtime.batch_execute(sql).await.is_err() {
+            refused += 1;
+        }
+    }
+
+    // A superuser's everyday query, with the default search_path; the application's insert,
+    // as its signed-in user, while the runtime role's session is still open.
+    let emails: Vec<Option<String>> = admin
+        .query("SELECT lower(email) FROM customers LIMIT 5", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!emails.is_empty());
+    let app_client = connect_as(&db, &app).await;
+    app_client
+        .batch_execute(&format!(
+            "SET request.jwt.claim.sub = '{user}';
+             INSERT INTO customers (workspace_id, firstname) VALUES ('{workspace}', 'Walk-in');"
+        ))
+        .await
+        .expect("the application's insert");
+
+    let superuser: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&roles.runtime],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the runtime role became superuser");
+    let ran: i64 = admin
+        .query_one("SELECT count(*) FROM public.planted_ran", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "the runtime role's code ran as another role");
+    assert_eq!(refused, attempts.len(), "an attempt went through");
+    drop(runtime);
+    drop(app_client);
+    let _ = admin
+        .batch_execute(&format!(
+            "DELETE FROM workspace_users WHERE user_id = '{user}';
+             DELETE FROM customers WHERE firstname = 'Walk-in' OR email = 'A@Example.com';
+             DROP OWNED BY {app}; DROP ROLE {app};"
+        ))
+        .await;
     roles.drop(&admin).await;
 }

@@ -1,6 +1,7 @@
 //! The apply stage: one target transaction holds the projected writes of one or more whole
 //! source transactions, the matching state in the `leadsync` schema, and the checkpoint —
-//! the replication origin's LSN, set with `pg_replication_origin_xact_setup` right before
+//! the replication origin's LSN, set with `pg_replication_origin_xact_setup` (through
+//! `leadsync.origin_xact_setup`, see [`crate::definer`]) right before
 //! COMMIT. They commit together or not at all, so a crash at any moment loses nothing and a
 //! replay from the checkpoint duplicates nothing.
 //!
@@ -184,7 +185,7 @@ impl Applier {
             })?;
         let origin = settings.origin_name();
         match client
-            .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+            .execute("SELECT leadsync.bind_origin($1)", &[&origin])
             .await
         {
             Ok(_) => {}
@@ -196,6 +197,16 @@ impl Applier {
             }
             Err(e) if e.code().map(|c| c.code()) == Some("42704") => {
                 return Err(ApplyError::NoOrigin(origin.to_owned()));
+            }
+            Err(e) if e.code().map(|c| c.code()) == Some("42883") => {
+                return Err(ApplyError::Db {
+                    context: "binding the replication origin",
+                    message: "leadsync's schema was made by an older `leadsync setup`: run \
+                              `leadsync setup --runtime-role ROLE` again as the installer (it \
+                              only adds what is missing)"
+                        .into(),
+                    sqlstate: None,
+                });
             }
             Err(e) => return Err(db_error("binding the replication origin")(e)),
         }
@@ -805,7 +816,7 @@ impl Applier {
         let at = commit_time.and_utc();
         self.client
             .execute(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+                "SELECT leadsync.origin_xact_setup($1::text::pg_lsn, $2)",
                 &[&lsn.to_string(), &at],
             )
             .await
@@ -843,7 +854,7 @@ impl Applier {
                 .map_err(db_error("rolling back"))?;
         }
         self.client
-            .batch_execute("SELECT pg_replication_origin_xact_reset()")
+            .batch_execute("SELECT leadsync.origin_xact_reset()")
             .await
             .map_err(db_error("resetting the origin"))?;
         Ok(())
@@ -853,10 +864,7 @@ impl Applier {
     pub async fn checkpoint(&self) -> Result<Lsn, ApplyError> {
         let lsn: Option<String> = self
             .client
-            .query_one(
-                "SELECT pg_replication_origin_session_progress(true)::text",
-                &[],
-            )
+            .query_one("SELECT leadsync.origin_session_progress(true)::text", &[])
             .await
             .map_err(db_error("reading the checkpoint"))?
             .get(0);

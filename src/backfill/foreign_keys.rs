@@ -20,6 +20,10 @@
 //! custom field) fails the validation: the load starts again on a fresh snapshot, which no
 //! longer has its children. A crash in between leaves the definitions recorded: the next first
 //! load adds them back, and so does `leadsync teardown` when it keeps the target tables.
+//!
+//! Only the tables' owner (the installer) may drop and add keys: both steps go through its
+//! functions `leadsync.set_aside_foreign_keys()` and `leadsync.restore_foreign_keys()`
+//! ([`crate::definer`]), which alone write the record.
 
 use std::time::Duration;
 
@@ -57,15 +61,6 @@ const ALL_MODES: &[&str] = &[
 /// from ROW EXCLUSIVE up (writes of the table, not reads).
 const SHARE_ROW_EXCLUSIVE_CONFLICTS: &[&str] = ALL_MODES.split_at(2).1;
 
-/// The target tables, schema-qualified.
-fn target_tables(settings: &Settings) -> Vec<String> {
-    let t = quote_ident(&settings.target.schema);
-    TARGET_TABLES
-        .iter()
-        .map(|table| format!("{t}.{}", quote_ident(table)))
-        .collect()
-}
-
 /// The legacy tables whose keys the load fills in, the ones worth setting aside, as
 /// `schema.table` (compared with the catalog's names: resolving `auth.users` by name would
 /// need USAGE on `auth`, which a role may lack).
@@ -78,95 +73,6 @@ fn referenced_tables(settings: &Settings) -> Vec<String> {
     ]
 }
 
-/// The foreign keys of the target tables ($1) into the legacy tables ($2), in structured
-/// form (the target table unqualified, its columns, the referenced schema, table and
-/// columns, the ON DELETE and ON UPDATE actions), with whether the session could add each
-/// back: REFERENCES on the table and USAGE on its schema. Only simple, immediate keys, as
-/// `setup` makes them.
-const LEGACY_KEYS: &str = "
-    SELECT r.relname::text AS table_name, c.conname::text AS constraint_name,
-           ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i)
-                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n
-                 ORDER BY k.i) AS columns,
-           fn.nspname::text AS referenced_schema, f.relname::text AS referenced_table,
-           ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i)
-                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n
-                 ORDER BY k.i) AS referenced_columns,
-           c.confdeltype::text AS on_delete, c.confupdtype::text AS on_update,
-           has_table_privilege(f.oid, 'REFERENCES')
-             AND has_schema_privilege(fn.oid, 'USAGE')
-             AND c.confmatchtype = 's' AND NOT c.condeferrable AS restorable
-    FROM pg_constraint c
-    JOIN pg_class r ON r.oid = c.conrelid
-    JOIN pg_class f ON f.oid = c.confrelid
-    JOIN pg_namespace fn ON fn.oid = f.relnamespace
-    WHERE c.contype = 'f' AND c.conrelid = ANY($1::text[]::regclass[])
-      AND fn.nspname || '.' || f.relname = ANY($2::text[])";
-
-/// A foreign key set aside, as `leadsync.deferred_constraints` records it. The table is
-/// writable by the runtime role, so nothing in it is trusted: [`SetAside::statement`]
-/// accepts only a key of a target table into one of the legacy tables leadsync sets keys
-/// aside for, with a known action, and quotes every name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetAside {
-    pub table: String,
-    pub name: String,
-    pub columns: Vec<String>,
-    pub referenced_schema: String,
-    pub referenced_table: String,
-    pub referenced_columns: Vec<String>,
-    pub on_delete: String,
-    pub on_update: String,
-}
-
-impl SetAside {
-    /// `ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …` for this key, or why it is refused.
-    pub fn statement(&self, settings: &Settings) -> Result<String, String> {
-        if !TARGET_TABLES.contains(&self.table.as_str()) {
-            return Err(format!("`{}` is not a target table", self.table));
-        }
-        let referenced = format!("{}.{}", self.referenced_schema, self.referenced_table);
-        if !referenced_tables(settings).contains(&referenced) {
-            return Err(format!(
-                "`{referenced}` is not a table leadsync sets keys aside for"
-            ));
-        }
-        if self.columns.is_empty() || self.columns.len() != self.referenced_columns.len() {
-            return Err("its columns do not pair up".into());
-        }
-        let action = |code: &str| -> Result<&'static str, String> {
-            Ok(match code {
-                "a" => "NO ACTION",
-                "r" => "RESTRICT",
-                "c" => "CASCADE",
-                "n" => "SET NULL",
-                "d" => "SET DEFAULT",
-                other => return Err(format!("`{other}` is not a foreign key action")),
-            })
-        };
-        let list = |names: &[String]| {
-            names
-                .iter()
-                .map(|n| quote_ident(n))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        Ok(format!(
-            "ALTER TABLE {}.{} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}.{} ({}) \
-             ON DELETE {} ON UPDATE {}",
-            quote_ident(&settings.target.schema),
-            quote_ident(&self.table),
-            quote_ident(&self.name),
-            list(&self.columns),
-            quote_ident(&self.referenced_schema),
-            quote_ident(&self.referenced_table),
-            list(&self.referenced_columns),
-            action(&self.on_delete)?,
-            action(&self.on_update)?,
-        ))
-    }
-}
-
 /// Drops the target tables' foreign keys into legacy tables in a transaction of its own,
 /// recording their definitions, so the load copies without checking them row by row. Keys
 /// into a table the session may not reference (no REFERENCES privilege, so it could not add
@@ -177,33 +83,13 @@ pub async fn set_aside(
     settings: &Settings,
     shutdown: &Shutdown,
 ) -> Result<Option<u64>, ApplyError> {
-    let tables = target_tables(settings);
-    let referenced = referenced_tables(settings);
-    let kept: Vec<String> = client
-        .query(
-            &format!(
-                "SELECT DISTINCT format('%I.%I', referenced_schema, referenced_table)
-                 FROM ({LEGACY_KEYS}) k WHERE NOT restorable ORDER BY 1"
-            ),
-            &[&tables, &referenced],
-        )
-        .await
-        .map_err(db_error("reading the target tables' foreign keys"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    if !kept.is_empty() {
-        tracing::info!(
-            tables = %kept.join(", "),
-            "the first load checks foreign keys into these tables row by row: it could not \
-             add them back without REFERENCES on the tables and USAGE on their schema \
-             (see `leadsync setup --print-grants`)"
-        );
-    }
     let mut pauses = Pauses::new(LockWait::UntilShutdown(shutdown));
     loop {
-        match try_set_aside(client, settings, &tables, &referenced).await {
-            Ok(n) => return Ok(Some(n)),
+        match try_set_aside(client, settings).await {
+            Ok(n) => {
+                report_kept(client, settings).await?;
+                return Ok(Some(n));
+            }
             Err(e) if is_lock_timeout(&e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 let holders = lock_holders(client, settings, ALL_MODES).await?;
@@ -225,67 +111,61 @@ pub async fn set_aside(
     }
 }
 
-async fn try_set_aside(
-    client: &Client,
-    settings: &Settings,
-    tables: &[String],
-    referenced: &[String],
-) -> Result<u64, ApplyError> {
-    // With only pg_catalog on the search path, pg_get_constraintdef qualifies every table it
-    // names, so the recorded definitions mean the same in whatever session adds them back.
+/// Says which legacy tables the target tables still have keys into after setting aside:
+/// those the installer could not add back (it lacks REFERENCES on them, or USAGE on their
+/// schema), which the load checks row by row.
+async fn report_kept(client: &Client, settings: &Settings) -> Result<(), ApplyError> {
+    let target = quote_ident(&settings.target.schema);
+    let tables: Vec<String> = TARGET_TABLES
+        .iter()
+        .map(|t| format!("{target}.{}", quote_ident(t)))
+        .collect();
+    let kept: Vec<String> = client
+        .query(
+            "SELECT DISTINCT fn.nspname || '.' || f.relname
+             FROM pg_constraint c
+             JOIN pg_class f ON f.oid = c.confrelid
+             JOIN pg_namespace fn ON fn.oid = f.relnamespace
+             WHERE c.contype = 'f' AND c.conrelid = ANY($1::text[]::regclass[])
+               AND fn.nspname || '.' || f.relname = ANY($2::text[])
+             ORDER BY 1",
+            &[&tables, &referenced_tables(settings)],
+        )
+        .await
+        .map_err(db_error("reading the target tables' foreign keys"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !kept.is_empty() {
+        tracing::info!(
+            tables = %kept.join(", "),
+            "the first load checks foreign keys into these tables row by row: the installer \
+             could not add them back without REFERENCES on the tables and USAGE on their schema \
+             (see `leadsync setup --print-grants`)"
+        );
+    }
+    Ok(())
+}
+
+async fn try_set_aside(client: &Client, settings: &Settings) -> Result<u64, ApplyError> {
     client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL search_path = pg_catalog",
+            "BEGIN; SET LOCAL lock_timeout = {}",
             settings.target.lock_timeout_ms
         ))
         .await
         .map_err(db_error("setting foreign keys aside"))?;
     // Recorded before they are dropped, in the same transaction: a crash never loses one.
-    let keys = client
-        .query(
-            &format!(
-                "WITH keys AS (SELECT * FROM ({LEGACY_KEYS}) k WHERE restorable),
-                      recorded AS (
-                        INSERT INTO leadsync.deferred_constraints
-                          (table_name, constraint_name, columns, referenced_schema,
-                           referenced_table, referenced_columns, on_delete, on_update)
-                        SELECT table_name, constraint_name, columns, referenced_schema,
-                               referenced_table, referenced_columns, on_delete, on_update
-                        FROM keys ON CONFLICT DO NOTHING)
-                 SELECT table_name, constraint_name FROM keys ORDER BY 1, 2"
-            ),
-            &[&tables, &referenced],
-        )
+    let total: i32 = client
+        .query_one("SELECT leadsync.set_aside_foreign_keys()", &[])
         .await
-        .map_err(db_error("recording the foreign keys set aside"))?;
-    let target = quote_ident(&settings.target.schema);
-    let drops: String = keys
-        .iter()
-        .map(|row| {
-            let (table, name): (String, String) = (row.get(0), row.get(1));
-            format!(
-                "ALTER TABLE {target}.{} DROP CONSTRAINT {};\n",
-                quote_ident(&table),
-                quote_ident(&name)
-            )
-        })
-        .collect();
-    if !drops.is_empty() {
-        client
-            .batch_execute(&drops)
-            .await
-            .map_err(db_error("setting foreign keys aside"))?;
-    }
-    let total: i64 = client
-        .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
-        .await
-        .map_err(db_error("counting the foreign keys set aside"))?
+        .map_err(db_error("setting foreign keys aside"))?
         .get(0);
     client
         .batch_execute("COMMIT")
         .await
         .map_err(db_error("setting foreign keys aside"))?;
-    Ok(total as u64)
+    Ok(total.max(0) as u64)
 }
 
 /// How long to keep asking for locks that are not granted in time.
@@ -356,67 +236,38 @@ pub async fn restore(
     lock_wait: LockWait<'_>,
 ) -> Result<u64, ApplyError> {
     let lock_timeout_ms = settings.target.lock_timeout_ms;
-    let rows = client
-        .query(
-            "SELECT table_name, constraint_name, columns, referenced_schema, referenced_table,
-                    referenced_columns, on_delete, on_update, definition
-             FROM leadsync.deferred_constraints ORDER BY 1, 2",
-            &[],
-        )
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
         .await
-        .map_err(db_error("reading the foreign keys set aside"))?;
-    if rows.is_empty() {
+        .map_err(db_error("reading the foreign keys set aside"))?
+        .get(0);
+    if recorded == 0 {
         return Ok(0);
     }
-    let mut statements = Vec::new();
-    for row in &rows {
-        // The runtime role owns this table and could change its columns: read, never trust.
-        let read = || -> Result<SetAside, tokio_postgres::Error> {
-            Ok(SetAside {
-                table: row.try_get(0)?,
-                name: row.try_get(1)?,
-                columns: row.try_get::<_, Option<_>>(2)?.unwrap_or_default(),
-                referenced_schema: row.try_get::<_, Option<_>>(3)?.unwrap_or_default(),
-                referenced_table: row.try_get::<_, Option<_>>(4)?.unwrap_or_default(),
-                referenced_columns: row.try_get::<_, Option<_>>(5)?.unwrap_or_default(),
-                on_delete: row.try_get::<_, Option<_>>(6)?.unwrap_or_default(),
-                on_update: row.try_get::<_, Option<_>>(7)?.unwrap_or_default(),
-            })
-        };
-        let key = match read() {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(error = %e, "a recorded foreign key cannot be read; it is not added back and its record is removed");
-                continue;
-            }
-        };
-        match key.statement(settings) {
-            Ok(statement) => statements.push(statement),
-            // Recorded text is never run: it comes from a table another role can write.
-            Err(why) => tracing::warn!(
-                table = %key.table,
-                constraint = %key.name,
-                recorded_text = ?row.try_get::<_, Option<String>>(8).ok().flatten(),
-                "a recorded foreign key is not one leadsync sets aside ({why}); it is not added back and its record is removed"
-            ),
-        }
-    }
-    let restored = statements.len() as u64;
-    let mut sql =
-        format!("SAVEPOINT leadsync_foreign_keys; SET LOCAL lock_timeout = {lock_timeout_ms};\n");
-    for statement in &statements {
-        sql.push_str(statement);
-        sql.push_str(";\n");
-    }
-    sql.push_str(
-        "SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT leadsync_foreign_keys;
-         DELETE FROM leadsync.deferred_constraints;",
-    );
     let mut pauses = Pauses::new(lock_wait);
     loop {
-        // Every name in it is quoted and every keyword fixed: one statement per key.
-        let Err(e) = client.batch_execute(&sql).await else {
-            return Ok(restored);
+        // The installer's function rebuilds each key from its recorded names, quoted, only
+        // for a target table and only into a legacy table it may point at; it runs no text.
+        let attempt = async {
+            client
+                .batch_execute(&format!(
+                    "SAVEPOINT leadsync_foreign_keys; SET LOCAL lock_timeout = {lock_timeout_ms}"
+                ))
+                .await?;
+            let restored: i32 = client
+                .query_one("SELECT leadsync.restore_foreign_keys()", &[])
+                .await?
+                .get(0);
+            client
+                .batch_execute(
+                    "SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT leadsync_foreign_keys",
+                )
+                .await?;
+            Ok::<_, tokio_postgres::Error>(restored)
+        };
+        let e = match attempt.await {
+            Ok(restored) => return Ok(restored.max(0) as u64),
+            Err(e) => e,
         };
         let code = e.code().map(|c| c.code().to_owned());
         if code.is_some() {

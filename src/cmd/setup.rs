@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::config::Settings;
 use crate::db::{self, ConnectError, quote_ident};
+use crate::definer;
 use crate::grants::{self, On, Role, RoleNames, Schemas, When};
 use crate::schema::{self, PUBLISHED_LEGACY_TABLES, STATE_SCHEMA};
 use crate::triggers::{self, SyncTrigger};
@@ -72,6 +73,10 @@ pub enum Problem {
         installer: String,
         runtime: String,
         missing: Vec<String>,
+    },
+    RuntimeFoothold {
+        role: String,
+        footholds: Vec<String>,
     },
     NoFreeSlot {
         used: i64,
@@ -146,6 +151,16 @@ impl fmt::Display for Problem {
                  `{runtime}`: it lacks {}. Run the SQL that `leadsync setup --print-grants \
                  --installer-role {installer} --runtime-role {runtime}` prints (as a superuser)",
                 missing.join("; ")
+            ),
+            Problem::RuntimeFoothold { role, footholds } => write!(
+                f,
+                "the runtime role `{role}` could make other roles run its code, or holds more \
+                 than leadsync needs; as a superuser, take away:\n{}",
+                footholds
+                    .iter()
+                    .map(|h| format!("      {h}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
             Problem::NoFreeSlot { used, max } => write!(
                 f,
@@ -395,10 +410,10 @@ async fn check_runtime_role(
             "membership in role `{runtime}` (a table can only be given to a role one may act as)"
         ));
     }
-    // Setup grants the runtime role USAGE and CREATE on leadsync's schema; when that schema
-    // is already there, the installer must be able to.
+    // Setup grants the runtime role USAGE on leadsync's schema; when that schema is already
+    // there, the installer must be able to.
     if schema_exists(STATE_SCHEMA).await? {
-        for privilege in ["USAGE", "CREATE"] {
+        for privilege in ["USAGE"] {
             let ok: bool = client
                 .query_one(
                     "SELECT has_schema_privilege($1, $2, $3)
@@ -422,7 +437,90 @@ async fn check_runtime_role(
             missing,
         });
     }
+    let footholds = runtime_footholds(client, settings, runtime).await?;
+    if !footholds.is_empty() {
+        problems.push(Problem::RuntimeFoothold {
+            role: runtime.to_owned(),
+            footholds,
+        });
+    }
     Ok(problems)
+}
+
+/// What would let `runtime` become more than leadsync's runtime role: role attributes
+/// beyond LOGIN and REPLICATION, membership in other roles, CREATE on the database or on a
+/// schema (where it could plant a function or table that other roles' queries pick up), and
+/// objects it owns (a trigger function, a view). Each with the statement that takes it away.
+/// leadsync's own tables an older setup had handed to it are not listed: setup takes them
+/// back itself.
+pub async fn runtime_footholds(
+    client: &Client,
+    settings: &Settings,
+    runtime: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH r AS (SELECT * FROM pg_roles WHERE rolname = $1),
+                  ours AS (
+                    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'leadsync'
+                       OR (n.nspname = $2 AND c.relname = ANY($3::text[]))
+                    UNION SELECT i.indexrelid FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'leadsync'
+                       OR (n.nspname = $2 AND c.relname = ANY($3::text[])))
+             SELECT format('the %s attribute: ALTER ROLE %I NO%s;', a.name, r.rolname, a.name)
+               FROM r, LATERAL (VALUES ('SUPERUSER', r.rolsuper), ('CREATEROLE', r.rolcreaterole),
+                                       ('CREATEDB', r.rolcreatedb), ('BYPASSRLS', r.rolbypassrls))
+                       AS a(name, held)
+              WHERE a.held
+             UNION ALL
+             SELECT format('membership in role %I: REVOKE %I FROM %I;', b.rolname, b.rolname, r.rolname)
+               FROM r, pg_roles b
+              WHERE b.oid <> r.oid AND pg_has_role(r.oid, b.oid, 'MEMBER')
+                AND (b.rolname !~ '^pg_' OR b.rolname IN ('pg_execute_server_program',
+                     'pg_write_server_files', 'pg_read_server_files', 'pg_write_all_data'))
+             UNION ALL
+             SELECT format('CREATE on this database: REVOKE CREATE ON DATABASE %I FROM %s;',
+                           current_database(),
+                           CASE WHEN has_database_privilege('public', current_database(), 'CREATE')
+                                THEN 'PUBLIC' ELSE quote_ident(r.rolname) END)
+               FROM r WHERE NOT r.rolsuper AND has_database_privilege(r.oid, current_database(), 'CREATE')
+             UNION ALL
+             SELECT format('CREATE on schema %I: REVOKE CREATE ON SCHEMA %I FROM %s;',
+                           n.nspname, n.nspname,
+                           CASE WHEN has_schema_privilege('public', n.oid, 'CREATE')
+                                THEN 'PUBLIC' ELSE quote_ident(r.rolname) END)
+               FROM r, pg_namespace n
+              WHERE NOT r.rolsuper AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+                AND n.nspname <> 'leadsync' AND has_schema_privilege(r.oid, n.oid, 'CREATE')
+             UNION ALL
+             SELECT format('ownership of schema %I: ALTER SCHEMA %I OWNER TO ...;', n.nspname, n.nspname)
+               FROM r, pg_namespace n WHERE n.nspowner = r.oid
+             UNION ALL
+             SELECT format('ownership of %s %s: ALTER ... OWNER TO ..., or drop it;',
+                           CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view'
+                                WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence'
+                                WHEN 'i' THEN 'index' ELSE 'relation' END,
+                           c.oid::regclass)
+               FROM r, pg_class c
+              WHERE c.relowner = r.oid AND c.oid NOT IN (SELECT oid FROM ours)
+                AND c.relnamespace <> 'pg_toast'::regnamespace AND c.relpersistence <> 't'
+             UNION ALL
+             SELECT format('ownership of function %s: ALTER FUNCTION %s OWNER TO ..., or drop it;',
+                           p.oid::regprocedure, p.oid::regprocedure)
+               FROM r, pg_proc p
+              WHERE p.proowner = r.oid
+                AND p.pronamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname ~ '^pg_temp')
+             ORDER BY 1",
+            &[
+                &runtime,
+                &settings.target.schema,
+                &schema::TARGET_TABLES.to_vec(),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Every precondition that does not hold (empty when setup may proceed).
@@ -777,6 +875,15 @@ async fn install_in_transaction(client: &Client, settings: &Settings) -> Result<
         .batch_execute(schema::state_ddl())
         .await
         .map_err(ddl_error("creating the leadsync schema"))?;
+    let relations = definer_relations(client, settings).await?;
+    client
+        .batch_execute(&definer::ddl(&relations))
+        .await
+        .map_err(ddl_error("creating leadsync's functions"))?;
+    client
+        .batch_execute(&definer::record_origin_sql(settings.origin_name()))
+        .await
+        .map_err(ddl_error("recording the replication origin"))?;
     client
         .execute(
             "INSERT INTO leadsync.sync_state (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -862,9 +969,62 @@ async fn install_in_transaction(client: &Client, settings: &Settings) -> Result<
     Ok(altered)
 }
 
-/// Gives `runtime` what [`grants::privileges`] says setup gives it — USAGE and CREATE on
-/// the leadsync schema (and on the target schema when setup created it), ownership of the
-/// target tables and of leadsync's tables. Returns what changed.
+/// The relations leadsync's functions act on, by OID (see [`definer`]).
+async fn definer_relations(
+    client: &Client,
+    settings: &Settings,
+) -> Result<definer::Relations, SetupError> {
+    let t = quote_ident(&settings.target.schema);
+    let s = quote_ident(&settings.source.schema);
+    let target: Vec<String> = schema::TARGET_TABLES
+        .iter()
+        .map(|n| format!("{t}.{}", quote_ident(n)))
+        .collect();
+    let state: Vec<String> = definer::LOADED_STATE_TABLES
+        .iter()
+        .map(|n| format!("{}.{}", quote_ident(STATE_SCHEMA), quote_ident(n)))
+        .collect();
+    let referenced = vec![
+        format!("{s}.workspaces"),
+        format!("{s}.custom_fields"),
+        "auth.users".to_owned(),
+    ];
+    let mut oids = Vec::new();
+    for names in [&target, &state, &referenced] {
+        let row = client
+            .query_one(
+                "SELECT array_agg(to_regclass(x.name)::oid ORDER BY x.i),
+                        array_agg(x.name ORDER BY x.i) FILTER (WHERE to_regclass(x.name) IS NULL)
+                 FROM unnest($1::text[]) WITH ORDINALITY AS x(name, i)",
+                &[names],
+            )
+            .await
+            .map_err(ddl_error("reading the tables' OIDs"))?;
+        let missing: Option<Vec<String>> = row.get(1);
+        if let Some(missing) = missing {
+            return Err(SetupError::Ddl {
+                step: "reading the tables' OIDs",
+                cause: format!("missing tables: {}", missing.join(", ")),
+            });
+        }
+        let found: Vec<Option<u32>> = row.get(0);
+        oids.push(found.into_iter().flatten().collect::<Vec<u32>>());
+    }
+    let referenced = oids.pop().unwrap_or_default();
+    let state = oids.pop().unwrap_or_default();
+    let target = oids.pop().unwrap_or_default();
+    Ok(definer::Relations {
+        target,
+        state,
+        referenced,
+    })
+}
+
+/// Gives `runtime` what [`grants::privileges`] says setup gives it — USAGE on the leadsync
+/// schema (and on the target schema when setup created it), its rows of the target tables
+/// and of leadsync's tables, its row-level-security policy and leadsync's functions — after
+/// taking back what an older setup had handed it (ownership of those tables, CREATE on the
+/// leadsync schema). Returns what changed.
 async fn hand_over(
     client: &Client,
     settings: &Settings,
@@ -875,80 +1035,106 @@ async fn hand_over(
         runtime: runtime.to_owned(),
     };
     let schemas = schemas_of(settings);
-    let mut done = Vec::new();
-    for p in grants::privileges().iter().filter(|p| {
-        p.role == Role::Runtime
-            && (p.when == When::BySetup || p.on == On::Schema(grants::Schema::Target))
-    }) {
-        match p.on {
-            On::Schema(schema) => {
-                let name = schemas.name(schema);
-                let mut lacking = Vec::new();
-                for privilege in p.privilege.split(", ") {
-                    let has: bool = client
-                        .query_one(
-                            "SELECT has_schema_privilege($1, $2, $3)",
-                            &[&runtime, &name, &privilege],
-                        )
-                        .await
-                        .map_err(ddl_error("reading the runtime role's privileges"))?
-                        .get(0);
-                    if !has {
-                        lacking.push(privilege);
-                    }
-                }
-                if !lacking.is_empty() {
-                    client
-                        .batch_execute(&format!(
-                            "GRANT {} ON SCHEMA {} TO {}",
-                            lacking.join(", "),
-                            grants::ident(name),
-                            grants::ident(runtime)
-                        ))
-                        .await
-                        .map_err(ddl_error("granting the runtime role its schemas"))?;
-                    done.push(format!(
-                        "{} on schema {name} granted to {runtime}",
-                        lacking.join(", ")
-                    ));
-                }
+    let mut done = take_back(client, settings, runtime).await?;
+    let entries: Vec<grants::Privilege> = grants::privileges()
+        .into_iter()
+        .filter(|p| {
+            p.role == Role::Runtime
+                && (p.when == When::BySetup || p.on == On::Schema(grants::Schema::Target))
+        })
+        .collect();
+    let checks: Vec<grants::Check> = [When::BeforeSetup, When::BySetup]
+        .into_iter()
+        .flat_map(|when| grants::checks_when(Role::Runtime, when, &names, &schemas))
+        .collect();
+    for p in &entries {
+        let mut lacking = Vec::new();
+        for check in checks.iter().filter(|c| c.on == p.on && c.why == p.why) {
+            let ok: bool = client
+                .query_one(&format!("SELECT {}", check.sql), &[])
+                .await
+                .map_err(ddl_error("reading the runtime role's privileges"))?
+                .get(0);
+            if !ok {
+                lacking.push(check.what.clone());
             }
-            On::Ownership(schema, tables) => {
-                let name = schemas.name(schema);
-                let wanted: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
-                let not_owned: Vec<String> = client
-                    .query(
-                        "SELECT c.relname::text FROM pg_class c
-                         JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
-                           AND (cardinality($2::text[]) = 0 OR c.relname = ANY($2::text[]))
-                           AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $3)
-                         ORDER BY 1",
-                        &[&name, &wanted, &runtime],
-                    )
-                    .await
-                    .map_err(ddl_error("reading table owners"))?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                if not_owned.is_empty() {
-                    continue;
-                }
-                client
-                    .batch_execute(&grants::handover_sql(p, &names, &schemas, Some(&not_owned)))
-                    .await
-                    .map_err(ddl_error("handing the tables to the runtime role"))?;
-                done.push(format!(
-                    "{runtime} now owns {}",
-                    not_owned
-                        .iter()
-                        .map(|t| format!("{name}.{t}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            _ => {}
         }
+        if lacking.is_empty() {
+            continue;
+        }
+        let sql = match p.on {
+            On::Policy(..) => grants::policy_sql(p, &names, &schemas),
+            _ => grants::handover_sql(p, &names, &schemas),
+        };
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(ddl_error("granting the runtime role its privileges"))?;
+        done.push(format!("{runtime} given {}", lacking.join(", ")));
+    }
+    Ok(done)
+}
+
+/// Takes back from `runtime` what an older setup handed it: ownership of the target tables
+/// and of leadsync's tables, and CREATE on the leadsync schema.
+async fn take_back(
+    client: &Client,
+    settings: &Settings,
+    runtime: &str,
+) -> Result<Vec<String>, SetupError> {
+    let mut done = Vec::new();
+    let owned: Vec<String> = client
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+               AND (n.nspname = 'leadsync' OR (n.nspname = $1 AND c.relname = ANY($2::text[])))
+               AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = $3)
+             ORDER BY 1",
+            &[
+                &settings.target.schema,
+                &schema::TARGET_TABLES.to_vec(),
+                &runtime,
+            ],
+        )
+        .await
+        .map_err(ddl_error("reading table owners"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !owned.is_empty() {
+        let sql: String = owned
+            .iter()
+            .map(|t| format!("ALTER TABLE {t} OWNER TO CURRENT_USER;\n"))
+            .collect();
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(ddl_error("taking the tables back from the runtime role"))?;
+        done.push(format!(
+            "{} taken back from {runtime} (the installer owns them now)",
+            owned.join(", ")
+        ));
+    }
+    let create: bool = client
+        .query_one(
+            "SELECT has_schema_privilege($1, 'leadsync', 'CREATE')",
+            &[&runtime],
+        )
+        .await
+        .map_err(ddl_error("reading the runtime role's privileges"))?
+        .get(0);
+    if create {
+        client
+            .batch_execute(&format!(
+                "REVOKE CREATE ON SCHEMA leadsync FROM {}",
+                grants::ident(runtime)
+            ))
+            .await
+            .map_err(ddl_error("taking CREATE on schema leadsync back"))?;
+        done.push(format!(
+            "CREATE on schema leadsync taken back from {runtime}"
+        ));
     }
     Ok(done)
 }

@@ -159,10 +159,16 @@ async fn foreign_dependents(client: &Client) -> Result<Vec<String>, TeardownErro
                     OR (d.refclassid = 'pg_namespace'::regclass
                         AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1)))
                AND NOT (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT oid FROM ours))
+               AND NOT (d.classid = 'pg_proc'::regclass AND d.objid IN (
+                          SELECT to_regprocedure(f)::oid FROM unnest($3::text[]) AS f))
                AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
                           SELECT oid FROM pg_constraint WHERE conrelid IN (SELECT oid FROM ours)))
              ORDER BY 1",
-            &[&STATE_SCHEMA, &tables],
+            &[
+                &STATE_SCHEMA,
+                &tables,
+                &crate::definer::ALL_FUNCTIONS.to_vec(),
+            ],
         )
         .await
         .map_err(query_error(
@@ -181,8 +187,10 @@ async fn drop_state(client: &Client) -> Result<(), TeardownError> {
         .collect();
     let dropped = client
         .batch_execute(&format!(
-            "BEGIN; DROP TABLE IF EXISTS {}; DROP SCHEMA IF EXISTS {}; COMMIT",
+            "BEGIN; DROP TABLE IF EXISTS {}; DROP FUNCTION IF EXISTS {}; DROP SCHEMA IF EXISTS {}; \
+             COMMIT",
             tables.join(", "),
+            crate::definer::ALL_FUNCTIONS.join(", "),
             quote_ident(STATE_SCHEMA),
         ))
         .await;
@@ -310,6 +318,7 @@ pub async fn run_teardown(
             }
         }
     } else {
+        revoke_runtime_access(&client, &present, &mut report).await?;
         for (table, _) in &present {
             report.kept.push(format!(
                 "table {target}.{table} (drop it with --drop-target-tables)"
@@ -317,6 +326,53 @@ pub async fn run_teardown(
         }
     }
     Ok(report)
+}
+
+/// Takes from the runtime role what setup gave it on the target tables the application
+/// keeps: the row-level-security policy that lets it see every row, and its privileges.
+async fn revoke_runtime_access(
+    client: &Client,
+    present: &[(&str, String)],
+    report: &mut TeardownReport,
+) -> Result<(), TeardownError> {
+    for (table, qualified) in present {
+        let roles: Vec<String> = client
+            .query(
+                "SELECT quote_ident(r.rolname) FROM pg_policy p
+                 JOIN pg_roles r ON r.oid = ANY(p.polroles)
+                 WHERE p.polrelid = $1::text::regclass AND p.polname = $2
+                 ORDER BY 1",
+                &[qualified, &crate::grants::RUNTIME_POLICY],
+            )
+            .await
+            .map_err(query_error("reading the runtime role's policies"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if roles.is_empty() {
+            continue;
+        }
+        let revoked = client
+            .batch_execute(&format!(
+                "BEGIN; DROP POLICY {} ON {qualified}; REVOKE ALL ON {qualified} FROM {}; COMMIT",
+                quote_ident(crate::grants::RUNTIME_POLICY),
+                roles.join(", ")
+            ))
+            .await;
+        if let Err(e) = revoked {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(TeardownError::Query {
+                context: "taking the runtime role's access to the target tables back",
+                message: db::error_text(&e),
+            });
+        }
+        report.dropped.push(format!(
+            "policy \"{}\" on {table} and the privileges of {} on it",
+            crate::grants::RUNTIME_POLICY,
+            roles.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Drops the slot, refusing while a leadsync daemon streams from it.
