@@ -22,7 +22,7 @@ const ENV_NOT_SETTINGS: &[&str] = &["LEADSYNC_CONFIG", "LEADSYNC_LOG"];
 
 /// Every section and its keys: the one list that unknown keys are checked against.
 pub const KEYS: &[(&str, &[&str])] = &[
-    ("source", &["url", "schema"]),
+    ("source", &["url", "password_file", "schema"]),
     (
         "target",
         &["schema", "defer_legacy_foreign_keys", "lock_timeout_ms"],
@@ -43,6 +43,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("metrics", &["listen"]),
     ("control", &["pidfile"]),
     ("log", &["format", "level"]),
+    ("dlq", &["retention_days"]),
 ];
 
 /// A setting could not be read or is not valid.
@@ -80,6 +81,22 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub control: ControlSettings,
     pub log: LogSettings,
+    pub dlq: DlqSettings,
+}
+
+/// Dead letters: rejected changes with the contact's data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqSettings {
+    /// Resolved (replayed or discarded) dead letters are deleted, with the personal data
+    /// they hold, once resolved this many days ago; 0 keeps them. Pending ones always stay.
+    pub retention_days: u32,
+}
+
+impl Default for DlqSettings {
+    fn default() -> Self {
+        DlqSettings { retention_days: 30 }
+    }
 }
 
 /// How `leadsync ctl` finds the daemon.
@@ -97,6 +114,9 @@ pub struct ControlSettings {
 pub struct SourceSettings {
     /// `postgres://user:password@host:port/database?sslmode=…`. Required; never logged.
     pub url: Option<SecretString>,
+    /// A file holding the password (its first line), so that it need not sit in the URL or
+    /// the environment: a mounted Secret, say. The URL then has none.
+    pub password_file: Option<PathBuf>,
     /// Schema of the legacy tables `contacts`, `contact_custom_fields`, `custom_fields`,
     /// `workspaces` and `workspace_users`.
     pub schema: String,
@@ -106,6 +126,7 @@ impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
             url: None,
+            password_file: None,
             schema: "public".into(),
         }
     }
@@ -370,9 +391,78 @@ impl Settings {
         );
         let config = builder.build().map_err(|e| file_error(path, e))?;
         check_known_keys(&config, path, &origins)?;
-        config
+        let mut settings = config
             .try_deserialize::<Settings>()
-            .map_err(|e| ConfigError::BadValue(e.to_string()))
+            .map_err(|e| ConfigError::BadValue(e.to_string()))?;
+        settings.read_password_file()?;
+        if let Some(password) = settings
+            .source
+            .url
+            .as_ref()
+            .and_then(|u| crate::db::parse_url(u.expose_secret()).ok())
+            .and_then(|u| u.config.get_password().map(|p| p.to_vec()))
+        {
+            crate::secrets::register(&String::from_utf8_lossy(&password));
+        }
+        Ok(settings)
+    }
+
+    /// Puts the password of `source.password_file` into the URL (it is never written out).
+    fn read_password_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.source.password_file.clone() else {
+            return Ok(());
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "source.password_file",
+            reason,
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let password = text.lines().next().unwrap_or("").to_owned();
+        if password.is_empty() {
+            return Err(invalid(format!("{} holds no password", path.display())));
+        }
+        crate::secrets::register(&password);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o007 != 0
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    "source.password_file can be read by every user of this machine: make it \
+                     readable by its owner (chmod 0400) or its group only (in Kubernetes, \
+                     defaultMode: 0440 with the pod's fsGroup)"
+                );
+            }
+        }
+        let Some(url) = self.source.url.as_ref() else {
+            return Ok(());
+        };
+        let url = url.expose_secret();
+        if crate::db::parse_url(url)
+            .ok()
+            .is_some_and(|u| u.config.get_password().is_some())
+        {
+            return Err(invalid(
+                "source.url has a password too: give it in one place only".into(),
+            ));
+        }
+        let with_password = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!(
+                "{url}{separator}password={}",
+                crate::secrets::url_encoded(&password)
+            )
+        } else {
+            format!(
+                "{url} password='{}'",
+                password.replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        };
+        self.source.url = Some(SecretString::from(with_password));
+        Ok(())
     }
 
     /// Checks the names leadsync puts into SQL: schemas, publication and slot. Also run
@@ -474,12 +564,26 @@ impl Settings {
 /// The settings for a log line: every value, the URL without its password.
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self
+        // Rebuilt from the parsed settings: nothing of the URL's text is shown.
+        let url = match self
             .source
             .url
             .as_ref()
-            .map(|u| redact_url(u.expose_secret()))
-            .unwrap_or_else(|| "(unset)".into());
+            .map(|u| crate::db::parse_url(u.expose_secret()))
+        {
+            None => "(unset)".to_owned(),
+            Some(Ok(source)) => format!(
+                "{}{} sslmode={}",
+                crate::db::describe_target(&source.config),
+                if source.config.get_password().is_some() {
+                    " (password ***)"
+                } else {
+                    ""
+                },
+                source.tls.mode.as_str()
+            ),
+            Some(Err(_)) => "(cannot be read; not shown)".to_owned(),
+        };
         let rules: Vec<String> = self
             .transform
             .product_rules

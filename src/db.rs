@@ -803,7 +803,7 @@ fn certificate_names(der: &[u8]) -> Result<Vec<String>, String> {
 pub fn error_text(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut text = db.message().to_owned();
-        if let Some(detail) = db.detail() {
+        if let Some(detail) = db.detail().map(without_row_data) {
             text.push_str(&format!(" ({detail})"));
         }
         if let Some(hint) = db.hint() {
@@ -825,6 +825,47 @@ pub fn error_text(err: &tokio_postgres::Error) -> String {
     text
 }
 
+/// A server's DETAIL without the row data it may quote: "Failing row contains (…)" loses
+/// the row, "Key (email)=(…) already exists" the key's values (the columns stay named).
+/// Errors end up in logs, `/status` and dead letters, none of which is a place for a
+/// customer's personal data (the dead letter's payload keeps what a replay needs).
+pub fn without_row_data(detail: &str) -> String {
+    if detail.starts_with("Failing row contains") {
+        return "Failing row contains (values not shown)".into();
+    }
+    if let Some(rest) = detail.strip_prefix("Key (")
+        && let Some(columns_end) = rest.find(")=(")
+    {
+        let columns = &rest[..columns_end];
+        let values = &rest[columns_end + 3..];
+        const ENDINGS: [&str; 5] = [
+            ") already exists",
+            ") is not present in table",
+            ") is still referenced from table",
+            ") conflicts with existing key",
+            ") conflicts with key",
+        ];
+        let ending = ENDINGS
+            .iter()
+            .filter_map(|e| values.rfind(e).map(|at| (at, e)))
+            .max_by_key(|(at, _)| *at);
+        let tail = match ending {
+            Some((at, e)) if e.contains("conflicts") => {
+                // The other key's values follow: keep its columns only.
+                let after = &values[at + 1..];
+                after
+                    .find(")=(")
+                    .map(|i| format!("{})=(…).", &after[..i]))
+                    .unwrap_or_else(|| format!("{}.", e.trim_start_matches(')')))
+            }
+            Some((at, _)) => values[at + 1..].to_owned(),
+            None => String::new(),
+        };
+        return format!("Key ({columns})=(…){tail}");
+    }
+    detail.to_owned()
+}
+
 /// `"name"` quoted as an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -838,6 +879,42 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_data_never_shows_in_an_error() {
+        assert_eq!(
+            without_row_data("Failing row contains (7, Ann, ann@example.com, null)."),
+            "Failing row contains (values not shown)"
+        );
+        assert_eq!(
+            without_row_data("Key (email)=(ann@example.com) already exists."),
+            "Key (email)=(…) already exists."
+        );
+        assert_eq!(
+            without_row_data("Key (lower(email))=(a) b)) already exists."),
+            "Key (lower(email))=(…) already exists."
+        );
+        assert_eq!(
+            without_row_data(
+                "Key (workspace_id)=(6f1c0000-0000-0000-0000-000000000000) is not present in \
+                 table \"workspaces\"."
+            ),
+            "Key (workspace_id)=(…) is not present in table \"workspaces\"."
+        );
+        assert_eq!(
+            without_row_data("Key (during)=([1,5)) conflicts with existing key (during)=([2,3))."),
+            "Key (during)=(…) conflicts with existing key (during)=(…)."
+        );
+        assert_eq!(
+            without_row_data("Key (a, b)=(x, y) is still referenced from table \"t\"."),
+            "Key (a, b)=(…) is still referenced from table \"t\"."
+        );
+        assert_eq!(without_row_data("Key (a)=(secret"), "Key (a)=(…)");
+        assert_eq!(
+            without_row_data("Process 12 waits for ShareLock on transaction 9."),
+            "Process 12 waits for ShareLock on transaction 9."
+        );
+    }
 
     fn parse(url: &str) -> Result<SourceUrl, ConnectError> {
         parse_url_with(url, &|_| None, None)

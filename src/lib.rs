@@ -20,6 +20,7 @@
 //! - [`schema`]: the target and daemon-state DDL that `leadsync setup` installs.
 //! - [`definer`]: the installer-owned functions through which the runtime role does its
 //!   few privileged steps (the checkpoint, setting keys aside for the first load).
+//! - [`secrets`]: the password, scrubbed from every line the process writes.
 //! - [`grants`]: the installer and runtime database roles and the one list of their grants.
 //! - [`triggers`]: leftover sync triggers that would loop with leadsync (setup refuses them).
 //! - [`cmd`]: one module per subcommand.
@@ -46,6 +47,7 @@ pub mod project;
 pub mod reconcile;
 pub mod resync;
 pub mod schema;
+pub mod secrets;
 pub mod source;
 pub mod status;
 #[cfg(feature = "test-utils")]

@@ -285,6 +285,25 @@ impl Resync {
         Ok(())
     }
 
+    /// Deletes dead letters resolved more than `days` ago (with the personal data they
+    /// hold), on the side session; returns how many.
+    pub async fn purge_dead_letters(&self, days: u32) -> Result<i64, ApplyError> {
+        let gone = crate::cmd::dlq::purge(
+            &self.side,
+            crate::cmd::dlq::Purge {
+                older_than_days: days,
+                pending: false,
+            },
+        )
+        .await
+        .map_err(|e| ApplyError::Db {
+            context: "purging resolved dead letters",
+            message: e.to_string(),
+            sqlstate: None,
+        })?;
+        Ok(gone.iter().map(|c| c.count).sum())
+    }
+
     /// A contact or value of contact `id` changed in the stream: inside a chunk's window,
     /// the stream's version wins over the chunk's read.
     pub fn on_change(&mut self, id: Uuid) {

@@ -58,7 +58,28 @@ pub struct Status {
     pub paused: bool,
     pub backfill: Option<BackfillProgress>,
     pub counters: Counters,
+    /// The last error, as [`public_error`] shows it.
     pub last_error: Option<String>,
+}
+
+/// An error as `/status` shows it: `/status` is read over HTTP by whatever may reach the
+/// metrics port, so the connection's identity (user, host, port, database) is replaced by
+/// "the source database" and quoted names of the user and the database by `"…"`. Passwords
+/// and row data never reach an error's text in the first place.
+pub fn public_error(text: &str, url: Option<&str>) -> String {
+    let Some(source) = url.and_then(|u| crate::db::parse_url(u).ok()) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(
+        &crate::db::describe_target(&source.config),
+        "the source database",
+    );
+    let names = [source.config.get_user(), source.config.get_dbname()];
+    for name in names.into_iter().flatten().filter(|n| !n.is_empty()) {
+        out = out.replace(&format!("\"{name}\""), "\"…\"");
+        out = out.replace(&format!("`{name}`"), "`…`");
+    }
+    out
 }
 
 /// The status, shared.
@@ -87,5 +108,26 @@ impl SharedStatus {
     /// load or a pause) or a standby waiting its turn.
     pub fn ready(&self) -> bool {
         !matches!(self.get().state, State::Failed | State::Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_shown_over_http_do_not_name_the_connection() {
+        let url = "postgres://leadsync_runtime:pw@db.internal:6432/crm";
+        let text = "cannot connect to leadsync_runtime@db.internal:6432/crm: timed out; \
+                    password authentication failed for user \"leadsync_runtime\"; \
+                    database \"crm\" does not exist";
+        let shown = public_error(text, Some(url));
+        assert_eq!(
+            shown,
+            "cannot connect to the source database: timed out; password authentication failed \
+             for user \"…\"; database \"…\" does not exist"
+        );
+        assert!(!shown.contains("db.internal") && !shown.contains("leadsync_runtime"));
+        assert_eq!(public_error("x", None), "x");
     }
 }

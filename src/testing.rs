@@ -635,6 +635,14 @@ pub fn daemon_env_with_metrics(db: &TestDb) -> (Vec<(String, String)>, std::net:
 /// Scrapes `/metrics` at `addr` (retrying while nothing listens yet, up to 30 s) and parses
 /// it with [`parse_metrics`].
 pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (head, body) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    parse_metrics(&body)
+}
+
+/// `GET path` at `addr` (retrying while nothing listens yet, up to 30 s): the response's
+/// head and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut stream = loop {
@@ -643,11 +651,13 @@ pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::Has
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("nothing serves metrics on {addr}: {e}"),
+            Err(e) => panic!("nothing serves HTTP on {addr}: {e}"),
         }
     };
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("send request");
     let mut bytes = Vec::new();
@@ -660,8 +670,7 @@ pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::Has
     .expect("read response");
     let text = String::from_utf8(bytes).expect("UTF-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    parse_metrics(body)
+    (head.to_owned(), body.to_owned())
 }
 
 /// `name{labels}` (as written) → value, for every sample line of a Prometheus text scrape.

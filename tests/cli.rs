@@ -107,3 +107,107 @@ fn print_grants_refuses_names_that_would_inject_sql() {
     let (ok, text) = leadsync(&["setup", "--print-grants"], &[]);
     assert!(ok && text.contains(SCRIPT_START), "{text}");
 }
+
+/// A closed port on the loopback: connections are refused at once.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Passwords holding `/ ? #`, `@`, `:` and spaces, given every way leadsync takes one (in a
+/// URL, raw or encoded, as a query parameter, in a conninfo string, in a password file),
+/// never show: not in a validation error, a connection error, the daemon's retries, nor the
+/// debug log of the settings.
+#[test]
+fn passwords_never_show_in_any_message_or_at_debug_level() {
+    let port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    for secret in ["pa/ss?w#rd x", "p@ss:w/rd?#1", "two words here"] {
+        let encoded = url_encoded(secret);
+        let file = dir.path().join("password");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let quoted = secret.replace('\\', "\\\\").replace('\'', "\\'");
+        let ways: Vec<Vec<(&str, String)>> = vec![
+            vec![(
+                "LEADSYNC_SOURCE__URL",
+                format!("postgres://app:{secret}@127.0.0.1:{port}/crm"),
+            )],
+            vec![(
+                "LEADSYNC_SOURCE__URL",
+                format!("postgres://app:{encoded}@127.0.0.1:{port}/crm?sslmode=disable"),
+            )],
+            vec![(
+                "LEADSYNC_SOURCE__URL",
+                format!("postgres://app@127.0.0.1:{port}/crm?password={encoded}"),
+            )],
+            vec![(
+                "LEADSYNC_SOURCE__URL",
+                format!("host=127.0.0.1 port={port} user=app password='{quoted}' dbname=crm"),
+            )],
+            vec![
+                (
+                    "LEADSYNC_SOURCE__URL",
+                    format!("postgres://app@127.0.0.1:{port}/crm"),
+                ),
+                (
+                    "LEADSYNC_SOURCE__PASSWORD_FILE",
+                    file.to_string_lossy().into_owned(),
+                ),
+            ],
+        ];
+        for way in ways {
+            let mut env: Vec<(&str, &str)> = way.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            env.push(("LEADSYNC_LOG", "debug"));
+            let mut outputs = Vec::new();
+            for args in [
+                &["setup"][..],
+                &["assess"],
+                &["validate", "--wait-seconds", "1"],
+            ] {
+                outputs.push(leadsync(args, &env).1);
+            }
+            // The daemon retries; a few seconds of its log.
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadsync"));
+            cmd.arg("run")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("TMPDIR", dir.path())
+                .envs(env.iter().copied())
+                .env("LEADSYNC_METRICS__LISTEN", "127.0.0.1:0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let child = cmd.spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let out = child.wait_with_output().unwrap();
+            outputs.push(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            for text in outputs {
+                assert!(
+                    text.contains("debug") || text.contains("DEBUG") || text.contains("error"),
+                    "{way:?}: no output? {text}"
+                );
+                for form in [secret, encoded.as_str(), &secret[..secret.len() - 2]] {
+                    assert!(!text.contains(form), "{way:?} shows {form:?}:\n{text}");
+                }
+            }
+        }
+    }
+}

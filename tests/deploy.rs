@@ -198,6 +198,83 @@ fn mount_of<'a>(
     Some((mount, volume))
 }
 
+/// Writes the files of the container's Secret and ConfigMap volumes under `root`, at their
+/// mount paths, with the volume's mode; returns `(mount path, where it now is)`.
+fn mount_volume_files(
+    objects: &[Value],
+    pod: &Value,
+    container: &Value,
+    root: &Path,
+) -> Vec<(String, PathBuf)> {
+    let mut mounted = Vec::new();
+    for mount in seq(&container["volumeMounts"], "volumeMounts") {
+        let mount_path = str_of(&mount["mountPath"], "mountPath");
+        let volume = seq(&pod["volumes"], "volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume for the mount {mount:?}"));
+        let (data, source) = if volume["secret"].is_mapping() {
+            let name = str_of(&volume["secret"]["secretName"], "secretName");
+            (
+                &find(objects, "Secret", name)["stringData"],
+                &volume["secret"],
+            )
+        } else if volume["configMap"].is_mapping() {
+            let name = str_of(&volume["configMap"]["name"], "configMap name");
+            (
+                &find(objects, "ConfigMap", name)["data"],
+                &volume["configMap"],
+            )
+        } else {
+            continue;
+        };
+        let dir = root.join(mount_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files: Vec<(String, String)> = match source["items"].as_sequence() {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    (
+                        str_of(&i["key"], "item key").to_owned(),
+                        str_of(&i["path"], "item path").to_owned(),
+                    )
+                })
+                .collect(),
+            None => data
+                .as_mapping()
+                .map(|m| {
+                    m.keys()
+                        .map(|k| {
+                            let k = str_of(k, "key").to_owned();
+                            (k.clone(), k)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for (key, path) in files {
+            let file = dir.join(&path);
+            std::fs::write(&file, str_of(&data[key.as_str()], &key)).unwrap();
+            if let Some(mode) = source["defaultMode"].as_u64() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode as u32))
+                    .unwrap();
+            }
+        }
+        mounted.push((mount_path.to_owned(), dir));
+    }
+    mounted
+}
+
+/// `value` with each mount path in it moved to where [`mount_volume_files`] put its files.
+fn under(mounted: &[(String, PathBuf)], value: &str) -> String {
+    let mut out = value.to_owned();
+    for (mount_path, dir) in mounted {
+        out = out.replace(mount_path.as_str(), &dir.to_string_lossy());
+    }
+    out
+}
+
 /// A probe's or Service's port: a number, or the name of one of the container's ports.
 fn resolve_port(port: &Value, container: &Value) -> u64 {
     if let Some(n) = port.as_u64() {
@@ -233,7 +310,13 @@ fn routed(path: &str) -> bool {
 fn manifests_pass_kubernetes_validate() {
     let objects = manifests();
     let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
-    for kind in ["ConfigMap", "Deployment", "Secret", "Service"] {
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "NetworkPolicy",
+        "Secret",
+        "Service",
+    ] {
         assert!(kinds.contains(kind), "no {kind} in deploy/kubernetes/");
     }
     let files: Vec<String> = manifest_files()
@@ -243,6 +326,82 @@ fn manifests_pass_kubernetes_validate() {
     let mut args = vec!["--strict", "--quiet"];
     args.extend(files.iter().map(String::as_str));
     run_tool("kubernetes-validate", &args);
+}
+
+/// The metrics port, which the sidecar binds on every address, is reachable only from
+/// Prometheus: a NetworkPolicy selects the pods, and its only rule that admits the port
+/// names who may come; the application's own ports stay open.
+#[test]
+fn network_policy_admits_only_prometheus_to_the_metrics_port() {
+    let objects = manifests();
+    let (_, pod, container) = sidecar(&objects);
+    let deployment_labels = &sidecar(&objects).0["spec"]["template"]["metadata"]["labels"];
+    let policy = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("NetworkPolicy"))
+        .expect("a NetworkPolicy in deploy/kubernetes/");
+    let spec = &policy["spec"];
+    // It selects the pods.
+    let selector = spec["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("podSelector.matchLabels");
+    for (key, value) in selector {
+        assert_eq!(
+            &deployment_labels[key], value,
+            "the policy's podSelector does not match the pods ({key:?})"
+        );
+    }
+    assert!(
+        seq(&spec["policyTypes"], "policyTypes")
+            .iter()
+            .any(|t| t.as_str() == Some("Ingress"))
+    );
+    let metrics = resolve_port(&serde_yaml::Value::from("metrics"), container);
+    let app = seq(&pod["containers"], "containers")
+        .iter()
+        .find(|c| c["name"].as_str() != Some("leadsync"))
+        .expect("the application's container");
+    let mut metrics_rules = 0;
+    let mut app_open = false;
+    for rule in seq(&spec["ingress"], "ingress") {
+        let ports: Vec<u64> = seq(&rule["ports"], "ingress ports")
+            .iter()
+            .map(|p| {
+                let port = &p["port"];
+                if port.as_str() == Some("metrics") || port.as_u64() == Some(metrics) {
+                    metrics
+                } else {
+                    resolve_port(port, app)
+                }
+            })
+            .collect();
+        if ports.contains(&metrics) {
+            metrics_rules += 1;
+            let from = seq(
+                &rule["from"],
+                "a rule admitting the metrics port must say from whom",
+            );
+            assert!(!from.is_empty());
+            for peer in from {
+                assert!(
+                    peer["podSelector"]["matchLabels"].is_mapping()
+                        || peer["namespaceSelector"]["matchLabels"].is_mapping(),
+                    "a peer that is not a selector: {peer:?}"
+                );
+                assert!(peer["ipBlock"].is_null(), "an address block: {peer:?}");
+            }
+        } else if rule["from"].is_null() {
+            app_open = true;
+        }
+    }
+    assert_eq!(metrics_rules, 1, "one rule admits the metrics port");
+    assert!(app_open, "the application's port stays open");
+    // And the sidecar does listen on every address, which is why the policy is needed.
+    let env = container_env(&objects, container);
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "LEADSYNC_METRICS__LISTEN" && v.starts_with("0.0.0.0:"))
+    );
 }
 
 #[test]
@@ -287,16 +446,47 @@ fn sidecar_settings_match_the_daemon() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("leadsync.toml");
     std::fs::write(&file, toml_text).expect("write the TOML");
+    // The Secret's and ConfigMaps' files, where the pod mounts them (under a temporary
+    // root): the settings are read from the files the sidecar would read.
+    let mounted = mount_volume_files(&objects, pod, container, dir.path());
     let settings_env: Vec<(String, String)> = env
         .iter()
         .filter(|(k, _)| k != "LEADSYNC_CONFIG")
-        .cloned()
+        .map(|(k, v)| (k.clone(), under(&mounted, v)))
         .collect();
     let settings = Settings::load_from(Some(&file), settings_env)
         .unwrap_or_else(|e| panic!("the sidecar's configuration does not load: {e}"));
     settings
         .validate()
         .unwrap_or_else(|e| panic!("the sidecar's configuration is not valid: {e}"));
+    // It verifies the server against the mounted CA, and its password comes from the
+    // Secret's file, not from the environment.
+    let url = secrecy::ExposeSecret::expose_secret(settings.source_url()).to_owned();
+    let source = leadsync::db::parse_url(&url).expect("the URL parses");
+    assert_eq!(
+        source.tls.mode,
+        leadsync::db::SslMode::VerifyFull,
+        "sslmode"
+    );
+    match &source.tls.root_cert {
+        Some(leadsync::db::RootCert::File(path)) => assert!(
+            path.is_file(),
+            "sslrootcert {} is not a mounted file",
+            path.display()
+        ),
+        other => panic!("sslrootcert: {other:?}"),
+    }
+    let secret = find(&objects, "Secret", "leadsync-source");
+    let password = str_of(&secret["stringData"]["password"], "the Secret's password");
+    assert_eq!(
+        source.config.get_password(),
+        Some(password.as_bytes()),
+        "the password from LEADSYNC_SOURCE__PASSWORD_FILE"
+    );
+    assert!(
+        env.iter().all(|(_, v)| !v.contains(password)),
+        "the password is in the container's environment"
+    );
 
     // Metrics on every interface, on the default port.
     let addr: SocketAddr = settings.metrics_addr().unwrap();

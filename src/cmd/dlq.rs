@@ -1,4 +1,4 @@
-//! `leadsync dlq list|retry`: the dead letters of `leadsync.dead_letters` — changes the
+//! `leadsync dlq list|retry|purge`: the dead letters of `leadsync.dead_letters` — changes the
 //! target rejected (a phone over 20 characters, a violated constraint) — and their replay.
 //!
 //! A retry never writes a dead letter's stored payload: that is the contact's state when it
@@ -11,6 +11,11 @@
 //! contact. The daemon marks a contact's pending dead letters `replayed` once its current
 //! state is written; a contact whose current state still does not fit keeps its dead
 //! letter, with the new error.
+//!
+//! A dead letter's payload is a contact's personal data. Resolved ones (replayed, discarded)
+//! go once they are older than `dlq.retention_days` — the daemon purges them hourly — or
+//! whenever `leadsync dlq purge` is run; pending ones only on an explicit `--pending`, since
+//! each stands for a change that was never applied.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -53,6 +58,52 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete resolved (replayed, discarded) dead letters and the personal data they hold.
+    /// The daemon does this by itself for those older than `dlq.retention_days`.
+    Purge {
+        /// Only those resolved at least this many days ago (default 0: every resolved one).
+        #[arg(long, default_value_t = 0)]
+        older_than_days: u32,
+        /// Pending ones too (recorded at least --older-than-days ago): their changes are then
+        /// never applied. Needs --yes-lose-pending.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        yes_lose_pending: bool,
+    },
+}
+
+/// What `dlq purge` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge {
+    /// Only those resolved (or, with `pending`, recorded) at least this many days ago.
+    pub older_than_days: u32,
+    /// Pending ones too: their changes are then never applied.
+    pub pending: bool,
+}
+
+/// Deletes the dead letters `purge` names; returns how many went, by status.
+pub async fn purge(client: &Client, purge: Purge) -> Result<Vec<StatusCount>, DlqError> {
+    let rows = client
+        .query(
+            "WITH gone AS (
+               DELETE FROM leadsync.dead_letters
+               WHERE (status <> 'pending'
+                      AND COALESCE(resolved_at, created_at) <= now() - make_interval(days => $1))
+                  OR ($2 AND status = 'pending' AND created_at <= now() - make_interval(days => $1))
+               RETURNING status)
+             SELECT status, count(*) FROM gone GROUP BY status ORDER BY status",
+            &[&(purge.older_than_days as i32), &purge.pending],
+        )
+        .await
+        .map_err(query_error("purging dead letters"))?;
+    Ok(rows
+        .iter()
+        .map(|r| StatusCount {
+            status: r.get(0),
+            count: r.get(1),
+        })
+        .collect())
 }
 
 /// A dead-letter command failed.
@@ -73,6 +124,11 @@ pub enum DlqError {
         join(.requests)
     )]
     Timeout { requests: Vec<i64>, seconds: u64 },
+    #[error(
+        "`dlq purge --pending` deletes changes that were never applied: add --yes-lose-pending \
+         to confirm"
+    )]
+    PendingNotConfirmed,
     #[error("dead-letter query failed while {context}: {message}")]
     Query {
         context: &'static str,
@@ -169,6 +225,31 @@ pub async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<bool, D
                 print!("{}", report.render());
             }
             Ok(report.still_pending() == 0)
+        }
+        DlqCommand::Purge {
+            older_than_days,
+            pending,
+            yes_lose_pending,
+        } => {
+            if pending && !yes_lose_pending {
+                return Err(DlqError::PendingNotConfirmed);
+            }
+            let client = db::connect(settings.source_url()).await?;
+            let gone = purge(
+                &client,
+                Purge {
+                    older_than_days,
+                    pending,
+                },
+            )
+            .await?;
+            if gone.is_empty() {
+                println!("no dead letter to purge");
+            }
+            for c in &gone {
+                println!("purged {} {} dead letters", c.count, c.status);
+            }
+            Ok(true)
         }
     }
 }

@@ -28,13 +28,15 @@ use crate::project::plan::DeadLetter;
 use crate::resync::Resync;
 use crate::source::convert::{ConvertError, Converter, CustomerEdit, SourceEvent};
 use crate::source::{self, SourceError, query_error};
-use crate::status::{SharedStatus, State};
+use crate::status::{SharedStatus, State, public_error};
 use crate::triggers;
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the stream may sit idle before a heartbeat moves the slot forward.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// How often resolved dead letters past `dlq.retention_days` are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How often a standby tries to take over.
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 /// A session that ran this long resets the backoff.
@@ -80,6 +82,7 @@ pub async fn run(
     status: SharedStatus,
 ) -> Result<(), RunError> {
     status.update(|s| s.slot = settings.slot.name.clone());
+    let url = Some(secrecy::ExposeSecret::expose_secret(settings.source_url()));
     let mut backoff = Duration::from_secs(1);
     let mut standby_logged = false;
     loop {
@@ -114,7 +117,7 @@ pub async fn run(
                 tracing::warn!(error = %e, retry_in = ?backoff, "retrying from the checkpoint (or the first load, if none)");
                 status.update(|s| {
                     s.state = State::Reconnecting;
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(public_error(&e.to_string(), url));
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -129,7 +132,7 @@ pub async fn run(
                 metrics::counter!(m::ERRORS_TOTAL, m::KIND => e.kind().label()).increment(1);
                 status.update(|s| {
                     s.state = State::Failed;
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(public_error(&e.to_string(), url));
                 });
                 return Err(e);
             }
@@ -199,6 +202,7 @@ async fn session(
         dead_letters_seen: 0,
         oldest_unapplied: None,
         last_heartbeat: Instant::now(),
+        last_purge: None,
     };
     metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
     status.update(|s| {
@@ -422,6 +426,8 @@ struct Stream<'a> {
     /// Commit time of the oldest source transaction received but not yet committed.
     oldest_unapplied: Option<NaiveDateTime>,
     last_heartbeat: Instant,
+    /// When resolved dead letters were last purged (never, at first: soon after starting).
+    last_purge: Option<Instant>,
 }
 
 /// The `table` and `op` labels of a change.
@@ -504,6 +510,15 @@ impl Stream<'_> {
                         if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY && idle {
                             self.resync.heartbeat().await?;
                             self.last_heartbeat = Instant::now();
+                        }
+                        let days = self.settings.dlq.retention_days;
+                        if idle && days > 0 && self.last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                            self.last_purge = Some(Instant::now());
+                            match self.resync.purge_dead_letters(days).await {
+                                Ok(0) => {}
+                                Ok(purged) => tracing::info!(purged, retention_days = days, "resolved dead letters past their retention deleted"),
+                                Err(e) => tracing::warn!(error = %e, "resolved dead letters could not be purged; trying again in an hour"),
+                            }
                         }
                         continue;
                     }
