@@ -3,14 +3,17 @@
 # leadsync: compiled in the Rust image, run from Debian slim as an unprivileged user.
 #
 #   docker build -t leadsync .
-#   docker run --rm -e LEADSYNC_SOURCE__URL=postgres://leadsync:secret@db:5432/crm leadsync
+#   docker run --rm -v "$PWD/ca.pem:/etc/leadsync/tls/ca.pem:ro" \
+#     -v "$PWD/password:/etc/leadsync/secret/password:ro" \
+#     -e LEADSYNC_SOURCE__URL='postgres://leadsync_runtime@db:5432/crm?sslmode=verify-full&sslrootcert=/etc/leadsync/tls/ca.pem' \
+#     -e LEADSYNC_SOURCE__PASSWORD_FILE=/etc/leadsync/secret/password leadsync
 #
 # Configuration: the file named by LEADSYNC_CONFIG (/etc/leadsync/leadsync.toml, the
 # commented example; mount your own over it or over /etc/leadsync), and any key overridden by
 # LEADSYNC_<SECTION>__<KEY>, e.g. LEADSYNC_SOURCE__URL, LEADSYNC_SLOT__NAME. The HTTP endpoints
 # listen on 0.0.0.0:9187 (LEADSYNC_METRICS__LISTEN). Pause and resume during a cutover with
 #   docker exec CONTAINER leadsync ctl pause|resume|status
-# which finds the daemon through its pidfile (default: /tmp/leadsync-<slot>.pid).
+# which finds the daemon through its pidfile (default: <slot>.pid in a private directory).
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src

@@ -22,7 +22,15 @@ const ENV_NOT_SETTINGS: &[&str] = &["LEADSYNC_CONFIG", "LEADSYNC_LOG"];
 
 /// Every section and its keys: the one list that unknown keys are checked against.
 pub const KEYS: &[(&str, &[&str])] = &[
-    ("source", &["url", "password_file", "schema"]),
+    (
+        "source",
+        &[
+            "url",
+            "password_file",
+            "allow_unverified_password",
+            "schema",
+        ],
+    ),
     (
         "target",
         &["schema", "defer_legacy_foreign_keys", "lock_timeout_ms"],
@@ -117,6 +125,10 @@ pub struct SourceSettings {
     /// A file holding the password (its first line), so that it need not sit in the URL or
     /// the environment: a mounted Secret, say. The URL then has none.
     pub password_file: Option<PathBuf>,
+    /// Send the password to a server whose certificate is not verified (`sslmode` below
+    /// `verify-ca`, not local). Off: such a URL is refused, since a man in the middle would
+    /// receive the password.
+    pub allow_unverified_password: bool,
     /// Schema of the legacy tables `contacts`, `contact_custom_fields`, `custom_fields`,
     /// `workspaces` and `workspace_users`.
     pub schema: String,
@@ -127,6 +139,7 @@ impl Default for SourceSettings {
         SourceSettings {
             url: None,
             password_file: None,
+            allow_unverified_password: false,
             schema: "public".into(),
         }
     }
@@ -407,6 +420,46 @@ impl Settings {
         Ok(settings)
     }
 
+    /// What an operator should know about these settings, logged at start: a server that is
+    /// not verified, a password sent to it anyway, a password file others can read.
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(source) = self
+            .source
+            .url
+            .as_ref()
+            .and_then(|u| crate::db::parse_url(u.expose_secret()).ok())
+            && let Some(why) = source.unverified()
+        {
+            warnings.push(format!(
+                "the source server is not verified: {why}; a man in the middle could read and \
+                 change what leadsync reads and writes. Use sslmode=verify-full with sslrootcert"
+            ));
+            if source.config.get_password().is_some() {
+                warnings.push(
+                    "source.allow_unverified_password is on: the password goes to a server \
+                     that is not verified"
+                        .into(),
+                );
+            }
+        }
+        #[cfg(unix)]
+        if let Some(path) = &self.source.password_file {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o007 != 0
+            {
+                warnings.push(format!(
+                    "source.password_file {} can be read by every user of this machine: make \
+                     it readable by its owner (chmod 0400) or its group only (in Kubernetes, \
+                     defaultMode: 0440 with the pod's fsGroup)",
+                    path.display()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Puts the password of `source.password_file` into the URL (it is never written out).
     fn read_password_file(&mut self) -> Result<(), ConfigError> {
         let Some(path) = self.source.password_file.clone() else {
@@ -423,20 +476,6 @@ impl Settings {
             return Err(invalid(format!("{} holds no password", path.display())));
         }
         crate::secrets::register(&password);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(&path)
-                && meta.permissions().mode() & 0o007 != 0
-            {
-                tracing::warn!(
-                    file = %path.display(),
-                    "source.password_file can be read by every user of this machine: make it \
-                     readable by its owner (chmod 0400) or its group only (in Kubernetes, \
-                     defaultMode: 0440 with the pod's fsGroup)"
-                );
-            }
-        }
         let Some(url) = self.source.url.as_ref() else {
             return Ok(());
         };
@@ -494,10 +533,26 @@ impl Settings {
             key: "source.url",
             reason: "not set; give it in the configuration file or as LEADSYNC_SOURCE__URL".into(),
         })?;
-        crate::db::parse_url(url.expose_secret()).map_err(|e| ConfigError::Invalid {
-            key: "source.url",
-            reason: format!("`{}`: {e}", redact_url(url.expose_secret())),
-        })?;
+        let source =
+            crate::db::parse_url(url.expose_secret()).map_err(|e| ConfigError::Invalid {
+                key: "source.url",
+                reason: format!("`{}`: {e}", redact_url(url.expose_secret())),
+            })?;
+        if let Some(why) = source.password_unprotected()
+            && !self.source.allow_unverified_password
+        {
+            return Err(ConfigError::Invalid {
+                key: "source.url",
+                reason: format!(
+                    "leadsync sends its password only to a server it has verified, and {why}: \
+                     whoever answers in the server's place could take the password. Use \
+                     sslmode=verify-full with sslrootcert=<the CA that issued the server's \
+                     certificate> (or sslrootcert=system for a public CA), or connect through \
+                     a local socket or proxy. To send it anyway, knowing this, set \
+                     source.allow_unverified_password = true"
+                ),
+            });
+        }
         self.validate_names()?;
         if self.transform.product_rules.is_empty() {
             return Err(ConfigError::Invalid {

@@ -225,6 +225,57 @@ pub struct SourceUrl {
 }
 
 impl SourceUrl {
+    /// Whether every host is this machine: a Unix socket, `localhost` or a loopback address
+    /// (also as `hostaddr`). Nobody sits between leadsync and such a server but its own
+    /// host's administrator; a local proxy (Cloud SQL Auth Proxy, pgbouncer) that carries
+    /// the connection on over verified TLS is the usual case.
+    pub fn is_local(&self) -> bool {
+        use tokio_postgres::config::Host;
+        let hosts_local = self.config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        });
+        let addrs = self.config.get_hostaddrs();
+        if addrs.is_empty() {
+            hosts_local
+        } else {
+            addrs.iter().all(|ip| ip.is_loopback())
+        }
+    }
+
+    /// Why the server is not known to be the one meant: `None` when TLS checks its
+    /// certificate against trusted roots, or when it is local ([`SourceUrl::is_local`]).
+    pub fn unverified(&self) -> Option<String> {
+        if self.tls.verifies_chain() || self.is_local() {
+            return None;
+        }
+        Some(match self.tls.mode {
+            SslMode::Disable => "sslmode=disable sends everything in plain text".to_owned(),
+            SslMode::Prefer => "sslmode=prefer accepts any certificate, and no TLS at all when \
+                                the other end declines it"
+                .to_owned(),
+            _ => format!(
+                "sslmode={} accepts any certificate (there is no root certificate to check it \
+                 against)",
+                self.tls.mode.as_str()
+            ),
+        })
+    }
+
+    /// Whether the URL carries a password that would go to a server not verified: whoever
+    /// answers in its place can ask for it in clear text (or as an MD5 hash, as good as the
+    /// password), and a relayed SCRAM exchange logs them in as leadsync.
+    pub fn password_unprotected(&self) -> Option<String> {
+        self.config.get_password()?;
+        self.unverified()
+    }
+
     /// The first host, as written (a name, an address or a socket directory).
     pub fn host(&self) -> String {
         use tokio_postgres::config::Host;
@@ -879,6 +930,43 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_goes_only_to_a_verified_or_local_server() {
+        let unprotected = |url: &str| parse(url).unwrap().password_unprotected().is_some();
+        let remote = "postgres://app:pw@db.example.com/crm";
+        for mode in ["disable", "prefer", "require"] {
+            assert!(unprotected(&format!("{remote}?sslmode={mode}")), "{mode}");
+        }
+        assert!(unprotected(remote), "prefer by default");
+        assert!(unprotected(
+            "host=10.0.0.5 user=app password=pw sslmode=require"
+        ));
+        for verified in [
+            format!("{remote}?sslmode=verify-full&sslrootcert=/ca.pem"),
+            format!("{remote}?sslmode=verify-ca&sslrootcert=/ca.pem"),
+            format!("{remote}?sslmode=require&sslrootcert=/ca.pem"),
+            format!("{remote}?sslmode=verify-full&sslrootcert=system"),
+        ] {
+            assert!(!unprotected(&verified), "{verified}");
+        }
+        for local in [
+            "postgres://app:pw@localhost/crm?sslmode=disable",
+            "postgres://app:pw@127.0.0.1:5432/crm",
+            "postgres://app:pw@[::1]:5432/crm",
+            "host=/var/run/postgresql user=app password=pw",
+            "host=db.example.com hostaddr=127.0.0.1 user=app password=pw sslmode=prefer",
+        ] {
+            assert!(!unprotected(local), "{local}");
+        }
+        // No password, nothing to protect (a client certificate, or trust): only a warning.
+        let bare = parse("postgres://app@db.example.com/crm?sslmode=require").unwrap();
+        assert!(bare.password_unprotected().is_none() && bare.unverified().is_some());
+        // hostaddr decides where the connection goes.
+        assert!(unprotected(
+            "host=localhost hostaddr=10.1.2.3 user=app password=pw sslmode=prefer"
+        ));
+    }
 
     #[test]
     fn row_data_never_shows_in_an_error() {

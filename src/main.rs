@@ -186,6 +186,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     settings.validate()?;
     init_tracing(settings.log.format, &settings.log.level);
     tracing::debug!(settings = %settings, "configuration");
+    for warning in settings.startup_warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Command::Setup { runtime_role, .. } => {
             if let Some(role) = &runtime_role {

@@ -268,9 +268,15 @@ fn mount_volume_files(
 
 /// `value` with each mount path in it moved to where [`mount_volume_files`] put its files.
 fn under(mounted: &[(String, PathBuf)], value: &str) -> String {
+    // Longest first, each through a placeholder, so that a moved path is not moved again.
+    let mut mounts: Vec<&(String, PathBuf)> = mounted.iter().collect();
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
     let mut out = value.to_owned();
-    for (mount_path, dir) in mounted {
-        out = out.replace(mount_path.as_str(), &dir.to_string_lossy());
+    for (i, (mount_path, _)) in mounts.iter().enumerate() {
+        out = out.replace(mount_path.as_str(), &format!("\u{0}{i}\u{0}"));
+    }
+    for (i, (_, dir)) in mounts.iter().enumerate() {
+        out = out.replace(&format!("\u{0}{i}\u{0}"), &dir.to_string_lossy());
     }
     out
 }

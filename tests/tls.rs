@@ -302,3 +302,190 @@ async fn a_wrong_ca_or_host_is_refused_and_verify_ca_checks_only_the_issuer() {
     drop(db);
     drop(cluster);
 }
+
+/// This machine's address on its network (not loopback): where a server on another host
+/// would be, as far as leadsync can tell.
+fn network_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // No packet is sent: connecting a UDP socket only picks the route and its source address.
+    socket
+        .connect("192.0.2.255:9")
+        .or_else(|_| socket.connect("10.255.255.255:9"))
+        .expect("a network route: this test needs a non-loopback IPv4 address");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// A man in the middle on the server's address: it presents a certificate of a CA leadsync
+/// does not trust (or speaks plain text, when asked in plain), and asks for the password in
+/// clear text. What it receives is kept.
+struct Impostor {
+    addr: std::net::SocketAddr,
+    /// The bodies of the password messages it got.
+    received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Connections it accepted.
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn read_message<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let len = stream.read_i32().await? as usize;
+    let mut body = vec![0; len.saturating_sub(4)];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// After the startup message: ask for the password in clear text, keep the answer.
+async fn ask_password<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    received: &std::sync::Mutex<Vec<Vec<u8>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    read_message(stream).await?; // the startup message
+    stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    stream.flush().await?;
+    let tag = stream.read_u8().await?;
+    let body = read_message(stream).await?;
+    if tag == b'p' {
+        received.lock().unwrap().push(body);
+    }
+    Ok(())
+}
+
+async fn impostor(pki: &Pki) -> Impostor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::AsyncWriteExt;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind((network_address(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, c) = (received.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (acceptor, received) = (acceptor.clone(), r.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                let Ok(_) = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first).await
+                else {
+                    return;
+                };
+                let code = i32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+                if code == 80877103 {
+                    // SSLRequest: yes, with the impostor's certificate.
+                    if stream.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = ask_password(&mut tls, &received).await;
+                } else {
+                    // A plain startup message: its first 8 bytes are read already.
+                    let len = i32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+                    let mut rest = vec![0u8; (len as usize).saturating_sub(8)];
+                    let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut rest).await;
+                    let _ = stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await;
+                    let mut tag = [0u8; 1];
+                    if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut tag)
+                        .await
+                        .is_ok()
+                        && let Ok(body) = read_message(&mut stream).await
+                        && tag[0] == b'p'
+                    {
+                        received.lock().unwrap().push(body);
+                    }
+                }
+            });
+        }
+    });
+    Impostor {
+        addr,
+        received,
+        connections,
+    }
+}
+
+/// A server whose certificate leadsync cannot verify never gets the password, whatever the
+/// sslmode: below verify-ca leadsync refuses to send it (before connecting), from verify-ca
+/// up the handshake fails first. Sent anyway only when the operator says so, which is also
+/// what shows the impostor would have caught it.
+#[tokio::test]
+async fn a_server_that_is_not_verified_never_gets_the_password() {
+    let pki = Pki::new();
+    let man_in_the_middle = impostor(&pki).await;
+    let secret = "Runtime-Pa55word";
+    let other_ca = pki.other_ca();
+    let base = format!(
+        "postgres://leadsync_runtime:{secret}@{}/crm",
+        man_in_the_middle.addr
+    );
+    // The command runs on a blocking thread: the impostor answers on this runtime.
+    let run = |url: String, extra: Vec<(&'static str, &'static str)>| async move {
+        let mut env = vec![("LEADSYNC_SOURCE__URL".to_owned(), url)];
+        env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let (code, out, err) = leadsync::testing::run_cli(BIN, env, &["setup"]).await;
+        (code == 0, format!("{out}{err}"))
+    };
+    let received = || man_in_the_middle.received.lock().unwrap().clone();
+    let connections = || {
+        man_in_the_middle
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+
+    for mode in ["disable", "prefer", "require"] {
+        let (ok, text) = run(format!("{base}?sslmode={mode}"), vec![]).await;
+        assert!(!ok, "{mode}: {text}");
+        assert!(
+            text.contains("sends its password only to a server it has verified")
+                && text.contains("sslmode=verify-full"),
+            "{mode}: {text}"
+        );
+        assert_eq!(connections(), 0, "{mode}: it connected");
+    }
+    for params in [
+        format!("sslmode=require&sslrootcert={}", other_ca.display()),
+        format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+        format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+    ] {
+        let (ok, text) = run(format!("{base}?{params}"), vec![]).await;
+        assert!(!ok, "{params}: {text}");
+        assert!(text.contains("certificate"), "{params}: {text}");
+        assert!(!text.contains(secret), "{params}: {text}");
+    }
+    assert!(connections() >= 3, "the verifying modes did connect");
+    assert!(received().is_empty(), "the impostor got {:?}", received());
+
+    // Told to send it anyway: the impostor takes it (this is what the refusal prevents).
+    let (ok, text) = run(
+        format!("{base}?sslmode=require"),
+        vec![("LEADSYNC_SOURCE__ALLOW_UNVERIFIED_PASSWORD", "true")],
+    )
+    .await;
+    assert!(!ok, "{text}");
+    let got = received();
+    assert_eq!(got.len(), 1, "{text}");
+    assert!(String::from_utf8_lossy(&got[0]).contains(secret));
+}
