@@ -489,3 +489,71 @@ async fn a_server_that_is_not_verified_never_gets_the_password() {
     assert_eq!(got.len(), 1, "{text}");
     assert!(String::from_utf8_lossy(&got[0]).contains(secret));
 }
+
+/// The SQL sessions authenticate with SCRAM channel binding (`SCRAM-SHA-256-PLUS`, bound to
+/// the server's certificate) when the server offers it over TLS: with
+/// `channel_binding=require`, which fails when it is not used, they connect.
+#[tokio::test]
+async fn sql_sessions_use_scram_channel_binding_over_tls() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&pki).await;
+    let db = TestDb::spawn_on(cluster.port(), true).await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE channel_bound LOGIN PASSWORD 'Chan-Bind-Pw-1'",
+        )
+        .await
+        .unwrap();
+    let hba = cluster.dir().join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "hostssl all channel_bound 127.0.0.1/32 scram-sha-256\n\
+             hostssl all channel_bound ::1/128 scram-sha-256\n{rules}"
+        ),
+    )
+    .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!(
+        "postgres://channel_bound:Chan-Bind-Pw-1@localhost:{}/{}?{}&channel_binding=require",
+        db.port(),
+        db.name,
+        verify_full(&pki.ca())
+    );
+    // The parameter reaches the connection's settings (it is not one leadsync reads itself).
+    assert_eq!(
+        leadsync::db::parse_url(&url)
+            .unwrap()
+            .config
+            .get_channel_binding(),
+        tokio_postgres::config::ChannelBinding::Require
+    );
+    let client = leadsync::db::connect(&SecretString::from(url))
+        .await
+        .unwrap_or_else(|e| panic!("SCRAM with channel binding over verified TLS: {e}"));
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "channel_bound");
+    // A wrong password is refused: the rule above is what authenticated it.
+    let wrong = format!(
+        "postgres://channel_bound:wrong@localhost:{}/{}?{}",
+        db.port(),
+        db.name,
+        verify_full(&pki.ca())
+    );
+    assert!(
+        leadsync::db::connect(&SecretString::from(wrong))
+            .await
+            .is_err()
+    );
+}
