@@ -493,6 +493,36 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
     let text = missing.join("\n");
     assert!(text.contains("ownership of `public.contacts`"), "{text}");
     assert!(!text.contains("REFERENCES"), "{text}");
+    assert!(!text.contains("EXECUTE"), "{text}");
+
+    // leadsync's functions call the origin functions as the installer: setup checks it may.
+    admin
+        .batch_execute(&format!(
+            "REVOKE EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) FROM {i}",
+            i = roles.installer
+        ))
+        .await
+        .unwrap();
+    let problems = match run_setup_with(&settings, &options).await {
+        Err(SetupError::Preconditions(p)) => p,
+        other => panic!("expected failed preconditions, got {other:?}"),
+    };
+    let [Problem::Privileges { missing, .. }] = problems.as_slice() else {
+        panic!("{problems:?}");
+    };
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.contains("EXECUTE on pg_replication_origin_session_setup(text)")),
+        "{missing:?}"
+    );
+    admin
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO {i}",
+            i = roles.installer
+        ))
+        .await
+        .unwrap();
 
     // An installer that owns them itself can install.
     admin

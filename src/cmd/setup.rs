@@ -783,6 +783,24 @@ async fn missing_privileges(
             .get(0);
         check(ok, format!("{privilege} on `{schema}.{table}` ({why})"));
     }
+    // leadsync's functions, which setup creates as the installer, call these as the
+    // installer when the runtime role checkpoints.
+    for function in grants::INSTALLER_ORIGIN_FUNCTIONS
+        .iter()
+        .filter(|f| !f.starts_with("pg_replication_origin_create"))
+    {
+        let ok: bool = client
+            .query_one("SELECT has_function_privilege($1, 'EXECUTE')", &[function])
+            .await?
+            .get(0);
+        check(
+            ok,
+            format!(
+                "EXECUTE on {function} (leadsync's functions call it for the runtime role's \
+                 checkpoint)"
+            ),
+        );
+    }
     let origin_exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
