@@ -381,7 +381,8 @@ async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io:
 /// until `shutdown`: sets [`LAG_BYTES`](crate::metrics::LAG_BYTES) (WAL position − processed
 /// LSN, or − the slot's `confirmed_flush_lsn` while the status has no processed LSN, e.g. on
 /// a standby), [`SLOT_RETAINED_BYTES`](crate::metrics::SLOT_RETAINED_BYTES) (WAL position −
-/// the slot's `restart_lsn`) and the status's `source_lsn` and `lag_bytes`. A lost session
+/// the slot's `restart_lsn`), [`DEAD_LETTERS_PENDING`](crate::metrics::DEAD_LETTERS_PENDING)
+/// and the status's `source_lsn`, `lag_bytes` and `dead_letters_pending`. A lost session
 /// is reopened after a pause; failures are logged, never fatal: the gauges only go stale.
 pub async fn sample_lag(settings: Settings, status: SharedStatus, mut shutdown: Shutdown) {
     let slot = settings.slot.name.clone();
@@ -463,9 +464,25 @@ async fn sample_once(client: &Client, slot: &str, status: &SharedStatus) -> Resu
     if let Some(retained) = sample.retained_bytes {
         metrics::gauge!(crate::metrics::SLOT_RETAINED_BYTES).set(retained as f64);
     }
+    // Pending dead letters, whoever parked them; none to count before setup.
+    let pending = match client
+        .query_one(
+            "SELECT count(*) FROM leadsync.dead_letters WHERE status = 'pending'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => Some(row.try_get::<_, i64>(0).map_err(|e| e.to_string())?),
+        Err(e) if matches!(e.code().map(|c| c.code()), Some("42P01" | "3F000")) => None,
+        Err(e) => return Err(crate::db::error_text(&e)),
+    };
+    if let Some(pending) = pending {
+        metrics::gauge!(crate::metrics::DEAD_LETTERS_PENDING).set(pending as f64);
+    }
     status.update(|s| {
         s.source_lsn = Some(sample.current.to_string());
         s.lag_bytes = sample.lag_bytes;
+        s.dead_letters_pending = pending.map(|p| p.max(0) as u64);
     });
     Ok(())
 }

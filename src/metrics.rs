@@ -18,6 +18,9 @@ pub const PAUSED: &str = "leadsync_paused";
 pub const SNAPSHOT_ROWS_TOTAL: &str = "leadsync_snapshot_rows_total";
 /// Changes parked in `leadsync.dead_letters`.
 pub const DEAD_LETTERS_TOTAL: &str = "leadsync_dead_letters_total";
+/// Gauge: dead letters pending in `leadsync.dead_letters`, from every source (first load,
+/// stream, reverse sync, retries), as the database holds them.
+pub const DEAD_LETTERS_PENDING: &str = "leadsync_dead_letters_pending";
 /// Errors, by `kind` (`bad_row`, `transient`, `fatal`).
 pub const ERRORS_TOTAL: &str = "leadsync_errors_total";
 /// WAL the slot keeps on the server (server WAL position minus the slot's restart LSN).
@@ -97,6 +100,11 @@ pub fn describe() {
     describe_counter!(
         DEAD_LETTERS_TOTAL,
         "Changes parked in leadsync.dead_letters."
+    );
+    describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        "Dead letters pending in leadsync.dead_letters, from every source (the first load \
+         included): what makes a cutover NO-GO."
     );
     describe_counter!(ERRORS_TOTAL, "Errors, by kind (bad_row, transient, fatal).");
     describe_gauge!(

@@ -58,6 +58,8 @@ pub struct Status {
     pub paused: bool,
     pub backfill: Option<BackfillProgress>,
     pub counters: Counters,
+    /// Dead letters pending in the database (every source), when last sampled.
+    pub dead_letters_pending: Option<u64>,
     /// The last error, as [`public_error`] shows it.
     pub last_error: Option<String>,
 }

@@ -1192,7 +1192,7 @@ fn alert_rules_use_exported_metrics_and_labels() {
         m::LAG_SECONDS,
         m::LAG_BYTES,
         m::PAUSED,
-        m::DEAD_LETTERS_TOTAL,
+        m::DEAD_LETTERS_PENDING,
         m::SLOT_RETAINED_BYTES,
         m::ERRORS_TOTAL,
         "up",

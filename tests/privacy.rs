@@ -209,3 +209,78 @@ async fn status_does_not_name_the_connection() {
     // The log, read by the operator, still says where.
     assert!(daemon.log().contains(&format!("127.0.0.1:{closed}")));
 }
+
+/// Dead letters from every source show in monitoring: rows the first load parks and rows the
+/// stream parks count in `leadsync_dead_letters_total`, and `leadsync_dead_letters_pending`
+/// and `/status` report what the table holds pending, whoever parked it — the number that
+/// makes a cutover NO-GO.
+#[tokio::test]
+async fn dead_letters_of_every_source_show_in_the_metrics_and_status() {
+    let db = TestDb::spawn().await;
+    let admin = db.client().await;
+    leadsync::fixtures::generate_demo_data(&admin, 40)
+        .await
+        .unwrap();
+    // Two contacts whose phone does not fit customers.phone1 (VARCHAR(20)) before the load.
+    admin
+        .batch_execute(
+            "UPDATE contacts SET phone_number = '(555) 123-4567 ext. 12345'
+             WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 2)",
+        )
+        .await
+        .unwrap();
+    leadsync::cmd::setup::run_setup(&db.settings())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (env, addr) = daemon_env_with_metrics(&db);
+    let daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(CATCH_UP, &|| daemon.log()).await;
+    // One more from the stream.
+    admin
+        .batch_execute(
+            "UPDATE contacts SET phone_number = '(555) 765-4321 ext. 98765'
+             WHERE id = (SELECT id FROM contacts ORDER BY id DESC LIMIT 1)",
+        )
+        .await
+        .unwrap();
+    db.settle(&daemon).await;
+    let pending: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM leadsync.dead_letters WHERE status = 'pending'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 3, "{}", daemon.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let samples = leadsync::testing::scrape_metrics(addr).await;
+        let gauge = samples.get("leadsync_dead_letters_pending").copied();
+        let total = samples.get("leadsync_dead_letters_total").copied();
+        let (_, status) = http_get(addr, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        if gauge == Some(3.0) && total == Some(3.0) && status["dead_letters_pending"] == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending gauge {gauge:?}, total {total:?}, /status {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Resolved, they leave the gauge.
+    admin
+        .batch_execute("UPDATE leadsync.dead_letters SET status = 'discarded', resolved_at = now()")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while leadsync::testing::scrape_metrics(addr)
+        .await
+        .get("leadsync_dead_letters_pending")
+        != Some(&0.0)
+    {
+        assert!(std::time::Instant::now() < deadline, "the gauge stays up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -185,6 +185,8 @@ async fn session(
         }
     };
     let resync = Resync::connect(settings).await?;
+    // What the first load parked is counted already (when it committed).
+    let dead_letters_seen = applier.stats.dead_letters;
     let mut stream = Stream {
         settings,
         applier,
@@ -199,7 +201,7 @@ async fn session(
         paused,
         paused_since,
         changes: Vec::new(),
-        dead_letters_seen: 0,
+        dead_letters_seen,
         oldest_unapplied: None,
         last_heartbeat: Instant::now(),
         last_purge: None,
@@ -374,6 +376,7 @@ async fn load_from_new_slot(
     applier
         .commit(created.consistent_point, Utc::now().naive_utc())
         .await?;
+    metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(dead.len() as u64);
     let _ = reader.batch_execute("COMMIT").await;
     tracing::info!(
         contacts = stats.contacts,
