@@ -758,6 +758,59 @@ fn check_known_keys(
             }
         }
     }
+    for (key, allowed) in CHOICES {
+        let Ok(value) = config.get_string(key) else {
+            continue;
+        };
+        if !allowed.contains(&value.as_str()) {
+            return Err(ConfigError::BadValue(format!(
+                "`{key}` ({}): `{value}` is not one of {}",
+                origin_of(key),
+                allowed.join(", ")
+            )));
+        }
+    }
+    if let Ok(level) = config.get_string("log.level") {
+        check_log_filter(&level).map_err(|why| {
+            ConfigError::BadValue(format!("`log.level` ({}): {why}", origin_of("log.level")))
+        })?;
+    }
+    Ok(())
+}
+
+/// Settings that take one of a few words, and the words.
+const CHOICES: &[(&str, &[&str])] = &[
+    ("sync.delete_mode", &["soft", "hard"]),
+    ("sync.on_error", &["dead_letter", "stop"]),
+    ("log.format", &["text", "json"]),
+];
+
+/// The levels a log filter names.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter (`log.level`, `LEADSYNC_LOG`): comma-separated directives, each a level
+/// or `target=level`. A word that is not a level is refused rather than read as a target
+/// name, which would silence the log.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let levels = LOG_LEVELS.join(", ");
+    if filter.trim().is_empty() {
+        return Err(format!(
+            "empty; give a level ({levels}) or target=level directives"
+        ));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level.trim(),
+            Some(_) => return Err(format!("`{directive}` names no target")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{level}` in `{filter}` is not a level: use one of {levels}, or \
+                 target=level (e.g. leadsync=debug,info)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -904,6 +957,45 @@ fn redact_key_value(conninfo: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn choices_and_log_levels_name_what_is_allowed() {
+        for (key, value, says) in [
+            (
+                "LEADSYNC_SYNC__DELETE_MODE",
+                "sofft",
+                "`sofft` is not one of soft, hard",
+            ),
+            (
+                "LEADSYNC_SYNC__ON_ERROR",
+                "halt",
+                "not one of dead_letter, stop",
+            ),
+            ("LEADSYNC_LOG__FORMAT", "jsn", "not one of text, json"),
+            (
+                "LEADSYNC_LOG__LEVEL",
+                "infoo",
+                "`infoo` in `infoo` is not a level",
+            ),
+            ("LEADSYNC_LOG__LEVEL", "leadsync=debgu,info", "`debgu`"),
+        ] {
+            let err = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(says), "{key}={value}: {text}");
+            assert!(text.contains(key), "{key}={value}: {text}");
+        }
+        for ok in [
+            "info",
+            "leadsync=debug,info",
+            "WARN",
+            "off",
+            "tokio_postgres=info, debug",
+        ] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+            Settings::load_from(None, env(&[("LEADSYNC_LOG__LEVEL", ok)])).unwrap();
+        }
+        Settings::load_from(None, env(&[("LEADSYNC_SYNC__DELETE_MODE", "hard")])).unwrap();
+    }
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -184,6 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     settings.validate()?;
+    if let Ok(filter) = std::env::var("LEADSYNC_LOG") {
+        leadsync::config::check_log_filter(&filter)
+            .map_err(|why| anyhow::anyhow!("environment variable LEADSYNC_LOG: {why}"))?;
+    }
     init_tracing(settings.log.format, &settings.log.level);
     tracing::debug!(settings = %settings, "configuration");
     for warning in settings.startup_warnings() {
@@ -365,6 +369,7 @@ fn init_tracing(format: LogFormat, level: &str) {
     // debug: it stays at info whatever the level.
     let mut filter = std::env::var("LEADSYNC_LOG")
         .ok()
+        .filter(|f| leadsync::config::check_log_filter(f).is_ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(level));
     if let Ok(quiet) = "tokio_postgres=info".parse() {

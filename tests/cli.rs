@@ -211,3 +211,39 @@ fn passwords_never_show_in_any_message_or_at_debug_level() {
         }
     }
 }
+
+/// A setting that takes one of a few words, and the log level, are checked before anything
+/// runs: the error names the key, where it came from and what is allowed (a log level typo
+/// would otherwise silence the log).
+#[test]
+fn choices_and_log_levels_are_checked_with_what_is_allowed() {
+    let url = ("LEADSYNC_SOURCE__URL", "postgres://u@127.0.0.1:1/x");
+    for (key, value, says) in [
+        (
+            "LEADSYNC_SYNC__DELETE_MODE",
+            "sofft",
+            "`sync.delete_mode` (from environment variable LEADSYNC_SYNC__DELETE_MODE): `sofft` is not one of soft, hard",
+        ),
+        (
+            "LEADSYNC_SYNC__ON_ERROR",
+            "halt",
+            "is not one of dead_letter, stop",
+        ),
+        ("LEADSYNC_LOG__FORMAT", "jsn", "is not one of text, json"),
+        (
+            "LEADSYNC_LOG__LEVEL",
+            "infoo",
+            "`infoo` in `infoo` is not a level",
+        ),
+        ("LEADSYNC_LOG", "leadsync=debgu", "LEADSYNC_LOG: `debgu`"),
+    ] {
+        let (ok, text) = leadsync(&["assess"], &[url, (key, value)]);
+        assert!(!ok, "{key}={value}: {text}");
+        assert!(text.contains(says), "{key}={value}: {text}");
+        assert!(!text.contains("variant constructor"), "{text}");
+        assert!(
+            !text.contains("cannot connect"),
+            "checked before connecting: {text}"
+        );
+    }
+}
