@@ -274,8 +274,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             |p| format!("running, pid {p}")
                         )
                     );
+                    let mut paused = false;
                     if let Some(row) = row {
-                        let (phase, paused): (String, bool) = (row.get(0), row.get(1));
+                        let phase: String = row.get(0);
+                        paused = row.get(1);
                         let acked: Option<String> = row.get(2);
                         let lag: Option<i64> = row.get(4);
                         println!("phase: {phase}{}", if paused { " (paused)" } else { "" });
@@ -286,6 +288,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             lag.map_or("-".into(), |l| l.to_string())
                         );
                     }
+                    // For scripts: 0 running, 2 running but paused, 3 not running (as LSB
+                    // init scripts' status), 1 when the state cannot be read.
+                    return Ok(match (pid, paused) {
+                        (None, _) => ExitCode::from(3),
+                        (Some(_), true) => ExitCode::from(2),
+                        (Some(_), false) => ExitCode::SUCCESS,
+                    });
                 }
             }
         }

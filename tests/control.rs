@@ -36,6 +36,13 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 }
 
 fn ctl(env: &[(String, String)], action: &str) -> String {
+    let (code, text) = ctl_code(env, action);
+    assert_eq!(code, Some(0), "ctl {action}: {text}");
+    text
+}
+
+/// `leadsync ctl action`: its exit code and output.
+fn ctl_code(env: &[(String, String)], action: &str) -> (Option<i32>, String) {
     let out = std::process::Command::new(BIN)
         .args(["ctl", action])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -46,8 +53,7 @@ fn ctl(env: &[(String, String)], action: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "ctl {action}: {text}");
-    text
+    (out.status.code(), text)
 }
 
 async fn count_leads_with(db: &TestDb, disposition: &str) -> i64 {
@@ -134,7 +140,9 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
         "the slot connection did not survive the pause: {}",
         daemon.log()
     );
-    let status = ctl(&env, "status");
+    // Running but paused: exit code 2.
+    let (code, status) = ctl_code(&env, "status");
+    assert_eq!(code, Some(2), "{status}");
     assert!(status.contains("(paused)"), "{status}");
     assert!(metric(metrics, "leadsync_lag_bytes").await > bytes_before);
     assert!(metric(metrics, "leadsync_lag_seconds").await >= seconds_before + 10.0);
@@ -142,6 +150,10 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
     // A restart comes back paused.
     let code = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
     assert_eq!(code.map(|c| c.code()), Some(Some(0)), "{}", daemon.log());
+    // Not running: exit code 3.
+    let (code, status) = ctl_code(&env, "status");
+    assert_eq!(code, Some(3), "{status}");
+    assert!(status.contains("not running"), "{status}");
     let daemon = Daemon::start(BIN, &env);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(count_leads_with(&db, "held").await, 0, "{}", daemon.log());
