@@ -994,7 +994,14 @@ mod tests {
             assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
             Settings::load_from(None, env(&[("LEADSYNC_LOG__LEVEL", ok)])).unwrap();
         }
-        Settings::load_from(None, env(&[("LEADSYNC_SYNC__DELETE_MODE", "hard")])).unwrap();
+        // Every word listed is one the settings take (the list and the enums agree).
+        for (key, allowed) in CHOICES {
+            let var = format!("LEADSYNC_{}", key.replace('.', "__").to_uppercase());
+            for value in *allowed {
+                Settings::load_from(None, env(&[(var.as_str(), value)]))
+                    .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+            }
+        }
     }
     use std::io::Write;
 

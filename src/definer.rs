@@ -53,18 +53,17 @@ pub const RUNTIME_FUNCTIONS: [&str; 8] = [
     RESTORE_FOREIGN_KEYS,
 ];
 
-/// Every function setup makes, for teardown.
-pub const ALL_FUNCTIONS: [&str; 9] = [
-    BIND_ORIGIN,
-    ORIGIN_XACT_SETUP,
-    ORIGIN_XACT_RESET,
-    ORIGIN_SESSION_PROGRESS,
-    SET_ASIDE_FOR_LOAD,
-    RESTORE_AFTER_LOAD,
-    SET_ASIDE_FOREIGN_KEYS,
-    RESTORE_FOREIGN_KEYS,
-    LOAD_GUARD_CHECK,
-];
+/// Every function setup makes, for teardown: the runtime role's and the guard's trigger
+/// function.
+pub const ALL_FUNCTIONS: [&str; RUNTIME_FUNCTIONS.len() + 1] = {
+    let mut all = [LOAD_GUARD_CHECK; RUNTIME_FUNCTIONS.len() + 1];
+    let mut i = 0;
+    while i < RUNTIME_FUNCTIONS.len() {
+        all[i] = RUNTIME_FUNCTIONS[i];
+        i += 1;
+    }
+    all
+};
 
 /// The relations the functions act on, by OID, as setup finds them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -432,9 +432,9 @@ fn comment(text: &str) -> String {
     out
 }
 
-/// The statement that gives `p` (for [`When::BySetup`] entries over existing tables, see
-/// [`handover_sql`]).
-fn statement(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
+/// The statement that gives `p`, as `--print-grants` shows it (setup runs a policy entry
+/// through [`policy_sql`], which also corrects an existing policy).
+pub fn statement(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
     let role = ident(names.name(p.role));
     match p.on {
         On::Attribute => format!("ALTER ROLE {role} {};\n", p.privilege),
@@ -610,16 +610,11 @@ pub fn roles_sql(names: &RoleNames, schemas: &Schemas) -> String {
     for p in list.iter().filter(|p| p.when == When::BySetup) {
         sql.push_str("--\n");
         sql.push_str(&comment(p.why));
-        for line in handover_sql(p, names, schemas).lines() {
+        for line in statement(p, names, schemas).lines() {
             sql.push_str(&format!("--   {line}\n"));
         }
     }
     sql
-}
-
-/// The statements of a [`When::BySetup`] entry, as `--print-grants` shows them.
-pub fn handover_sql(p: &Privilege, names: &RoleNames, schemas: &Schemas) -> String {
-    statement(p, names, schemas)
 }
 
 /// One privilege a role should have.
@@ -818,12 +813,12 @@ pub fn privilege_hint(message: &str) -> Option<String> {
         ));
     }
     if let Some(name) = after("permission denied for function") {
+        // The server names the function unqualified.
         if crate::definer::RUNTIME_FUNCTIONS.iter().any(|f| {
-            f.split('(').next() == Some(name.as_str())
-                || f.split('(')
-                    .next()
-                    .and_then(|q| q.strip_prefix("leadsync."))
-                    == Some(name.as_str())
+            f.split('(')
+                .next()
+                .and_then(|q| q.strip_prefix("leadsync."))
+                == Some(name.as_str())
         }) {
             return Some(format!(
                 "Missing privilege: EXECUTE on function {name}; {handover}"

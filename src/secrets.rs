@@ -15,7 +15,7 @@ static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Remembers `secret`, and the forms a URL may spell it in, to scrub from output.
 pub fn register(secret: &str) {
-    let mut forms = vec![secret.to_owned(), percent_encoded(secret)];
+    let mut forms = vec![secret.to_owned(), url_encoded(secret)];
     forms.retain(|f| f.chars().count() >= MIN_SECRET_LEN);
     if let Ok(mut secrets) = SECRETS.write() {
         for form in forms {
@@ -44,10 +44,6 @@ pub fn scrub(text: &str) -> String {
 
 /// `text` percent-encoded for a URL's query or userinfo.
 pub fn url_encoded(text: &str) -> String {
-    percent_encoded(text)
-}
-
-fn percent_encoded(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use leadsync::cmd::setup::{Problem, SetupError, SetupOptions, grants_sql, run_setup_with};
+use leadsync::config::Settings;
 use leadsync::testing::{Daemon, TestDb, daemon_env};
 use secrecy::SecretString;
 use tokio_postgres::Client;
@@ -483,10 +484,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
     let options = SetupOptions {
         runtime_role: Some(roles.runtime.clone()),
     };
-    let problems = match run_setup_with(&settings, &options).await {
-        Err(SetupError::Preconditions(p)) => p,
-        other => panic!("expected failed preconditions, got {other:?}"),
-    };
+    let problems = failed_preconditions(&settings, &options).await;
     let [Problem::Privileges { missing, .. }] = problems.as_slice() else {
         panic!("{problems:?}");
     };
@@ -503,10 +501,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
         ))
         .await
         .unwrap();
-    let problems = match run_setup_with(&settings, &options).await {
-        Err(SetupError::Preconditions(p)) => p,
-        other => panic!("expected failed preconditions, got {other:?}"),
-    };
+    let problems = failed_preconditions(&settings, &options).await;
     let [Problem::Privileges { missing, .. }] = problems.as_slice() else {
         panic!("{problems:?}");
     };
@@ -525,15 +520,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
         .unwrap();
 
     // An installer that owns them itself can install.
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE contacts OWNER TO {i};
-             ALTER TABLE contact_custom_fields OWNER TO {i};
-             ALTER TABLE custom_fields OWNER TO {i};",
-            i = roles.installer
-        ))
-        .await
-        .unwrap();
+    give_legacy_tables(&admin, &roles.installer).await;
     let report = run_setup_with(&settings, &options)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -548,10 +535,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
         ))
         .await
         .unwrap();
-    let problems = match run_setup_with(&settings, &options).await {
-        Err(SetupError::Preconditions(p)) => p,
-        other => panic!("expected failed preconditions, got {other:?}"),
-    };
+    let problems = failed_preconditions(&settings, &options).await;
     let [Problem::RuntimeRole { missing, .. }] = problems.as_slice() else {
         panic!("{problems:?}");
     };
@@ -575,10 +559,7 @@ async fn installer_needs_the_legacy_tables_or_their_owner() {
         ))
         .await
         .unwrap();
-    let problems = match run_setup_with(&settings, &options).await {
-        Err(SetupError::Preconditions(p)) => p,
-        other => panic!("expected failed preconditions, got {other:?}"),
-    };
+    let problems = failed_preconditions(&settings, &options).await;
     let [Problem::RuntimeFoothold { footholds, .. }] = problems.as_slice() else {
         panic!("{problems:?}");
     };
@@ -667,6 +648,26 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
     roles.drop(&admin).await;
 }
 
+/// Runs setup, which must stop on failed preconditions, and returns them.
+async fn failed_preconditions(settings: &Settings, options: &SetupOptions) -> Vec<Problem> {
+    match run_setup_with(settings, options).await {
+        Err(SetupError::Preconditions(p)) => p,
+        other => panic!("expected failed preconditions, got {other:?}"),
+    }
+}
+
+/// Makes `role` the owner of the legacy tables setup must alter and publish.
+async fn give_legacy_tables(admin: &Client, role: &str) {
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE contacts OWNER TO {role};
+             ALTER TABLE contact_custom_fields OWNER TO {role};
+             ALTER TABLE custom_fields OWNER TO {role};"
+        ))
+        .await
+        .unwrap();
+}
+
 /// Demo data, the roles with every grant, and setup (as a superuser) handing the runtime
 /// role its tables.
 async fn roles_set_up(db: &TestDb, admin: &tokio_postgres::Client) -> Roles {
@@ -704,15 +705,7 @@ async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row
         .batch_execute(&grants_sql(&settings, &roles.installer, &roles.runtime))
         .await
         .unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE contacts OWNER TO {i};
-             ALTER TABLE contact_custom_fields OWNER TO {i};
-             ALTER TABLE custom_fields OWNER TO {i};",
-            i = roles.installer
-        ))
-        .await
-        .unwrap();
+    give_legacy_tables(&admin, &roles.installer).await;
     settings.source.url = Some(SecretString::from(db.url_as(&roles.installer)));
     run_setup_with(
         &settings,
@@ -813,6 +806,24 @@ async fn a_row_the_runtime_role_plants_in_the_keys_set_aside_never_runs_as_the_i
         text(&out)
     );
     assert_ne!(before, roles.runtime);
+    // The target tables stay, without the runtime role's policy or privileges on them.
+    let (policies, writable): (i64, bool) = {
+        let row = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_policy WHERE polname = 'leadsync daemon'),
+                        has_table_privilege($1, 'public.customers', 'INSERT')",
+                &[&roles.runtime],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((policies, writable), (0, false), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("policy \"leadsync daemon\" on"),
+        "{}",
+        text(&out)
+    );
     // k3 was added, under its odd (quoted) name, on the target table: harmless.
     let added: Vec<String> = admin
         .query(

@@ -62,15 +62,23 @@ const ALL_MODES: &[&str] = &[
 const SHARE_ROW_EXCLUSIVE_CONFLICTS: &[&str] = ALL_MODES.split_at(2).1;
 
 /// The legacy tables whose keys the load fills in, the ones worth setting aside, as
-/// `schema.table` (compared with the catalog's names: resolving `auth.users` by name would
-/// need USAGE on `auth`, which a role may lack).
-fn referenced_tables(settings: &Settings) -> Vec<String> {
-    let s = &settings.source.schema;
-    vec![
-        format!("{s}.workspaces"),
-        format!("{s}.custom_fields"),
-        "auth.users".to_owned(),
+/// `(schema, table)`.
+pub fn referenced(settings: &Settings) -> [(String, &'static str); 3] {
+    let s = settings.source.schema.clone();
+    [
+        (s.clone(), "workspaces"),
+        (s, "custom_fields"),
+        ("auth".to_owned(), "users"),
     ]
+}
+
+/// [`referenced`] as `schema.table`, compared with the catalog's names (resolving
+/// `auth.users` by name would need USAGE on `auth`, which a role may lack).
+fn referenced_tables(settings: &Settings) -> Vec<String> {
+    referenced(settings)
+        .iter()
+        .map(|(schema, table)| format!("{schema}.{table}"))
+        .collect()
 }
 
 /// Drops the target tables' foreign keys into legacy tables in a transaction of its own,
@@ -134,8 +142,9 @@ async fn report_kept(client: &Client, settings: &Settings) -> Result<(), ApplyEr
         .await
         .map_err(db_error("reading the target tables' foreign keys"))?
         .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_error("reading the target tables' foreign keys"))?;
     if !kept.is_empty() {
         tracing::info!(
             tables = %kept.join(", "),
@@ -236,14 +245,6 @@ pub async fn restore(
     lock_wait: LockWait<'_>,
 ) -> Result<u64, ApplyError> {
     let lock_timeout_ms = settings.target.lock_timeout_ms;
-    let recorded: i64 = client
-        .query_one("SELECT count(*) FROM leadsync.deferred_constraints", &[])
-        .await
-        .map_err(db_error("reading the foreign keys set aside"))?
-        .get(0);
-    if recorded == 0 {
-        return Ok(0);
-    }
     let mut pauses = Pauses::new(lock_wait);
     loop {
         // The installer's function rebuilds each key from its recorded names, quoted, only

@@ -520,7 +520,7 @@ pub async fn runtime_footholds(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// Every precondition that does not hold (empty when setup may proceed).
@@ -992,50 +992,48 @@ async fn definer_relations(
     client: &Client,
     settings: &Settings,
 ) -> Result<definer::Relations, SetupError> {
-    let t = quote_ident(&settings.target.schema);
-    let s = quote_ident(&settings.source.schema);
+    let qualified =
+        |schema: &str, table: &str| format!("{}.{}", quote_ident(schema), quote_ident(table));
     let target: Vec<String> = schema::TARGET_TABLES
         .iter()
-        .map(|n| format!("{t}.{}", quote_ident(n)))
+        .map(|t| qualified(&settings.target.schema, t))
         .collect();
     let state: Vec<String> = definer::LOADED_STATE_TABLES
         .iter()
-        .map(|n| format!("{}.{}", quote_ident(STATE_SCHEMA), quote_ident(n)))
+        .map(|t| qualified(STATE_SCHEMA, t))
         .collect();
-    let referenced = vec![
-        format!("{s}.workspaces"),
-        format!("{s}.custom_fields"),
-        "auth.users".to_owned(),
-    ];
-    let mut oids = Vec::new();
-    for names in [&target, &state, &referenced] {
-        let row = client
-            .query_one(
-                "SELECT array_agg(to_regclass(x.name)::oid ORDER BY x.i),
-                        array_agg(x.name ORDER BY x.i) FILTER (WHERE to_regclass(x.name) IS NULL)
-                 FROM unnest($1::text[]) WITH ORDINALITY AS x(name, i)",
-                &[names],
-            )
-            .await
-            .map_err(ddl_error("reading the tables' OIDs"))?;
-        let missing: Option<Vec<String>> = row.get(1);
-        if let Some(missing) = missing {
-            return Err(SetupError::Ddl {
-                step: "reading the tables' OIDs",
-                cause: format!("missing tables: {}", missing.join(", ")),
-            });
-        }
-        let found: Vec<Option<u32>> = row.get(0);
-        oids.push(found.into_iter().flatten().collect::<Vec<u32>>());
-    }
-    let referenced = oids.pop().unwrap_or_default();
-    let state = oids.pop().unwrap_or_default();
-    let target = oids.pop().unwrap_or_default();
+    let referenced: Vec<String> = crate::backfill::foreign_keys::referenced(settings)
+        .iter()
+        .map(|(s, t)| qualified(s, t))
+        .collect();
     Ok(definer::Relations {
-        target,
-        state,
-        referenced,
+        target: oids_of(client, &target).await?,
+        state: oids_of(client, &state).await?,
+        referenced: oids_of(client, &referenced).await?,
     })
+}
+
+/// The OIDs of `tables` (qualified, quoted names), in order; an error naming any missing.
+async fn oids_of(client: &Client, tables: &[String]) -> Result<Vec<u32>, SetupError> {
+    const STEP: &str = "reading the tables' OIDs";
+    let row = client
+        .query_one(
+            "SELECT array_agg(to_regclass(x.name)::oid ORDER BY x.i),
+                    array_agg(x.name ORDER BY x.i) FILTER (WHERE to_regclass(x.name) IS NULL)
+             FROM unnest($1::text[]) WITH ORDINALITY AS x(name, i)",
+            &[&tables],
+        )
+        .await
+        .map_err(ddl_error(STEP))?;
+    let missing: Option<Vec<String>> = row.try_get(1).map_err(ddl_error(STEP))?;
+    if let Some(missing) = missing {
+        return Err(SetupError::Ddl {
+            step: STEP,
+            cause: format!("missing tables: {}", missing.join(", ")),
+        });
+    }
+    let found: Vec<Option<u32>> = row.try_get(0).map_err(ddl_error(STEP))?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Gives `runtime` what [`grants::privileges`] says setup gives it — USAGE on the leadsync
@@ -1082,7 +1080,7 @@ async fn hand_over(
         }
         let sql = match p.on {
             On::Policy(..) => grants::policy_sql(p, &names, &schemas),
-            _ => grants::handover_sql(p, &names, &schemas),
+            _ => grants::statement(p, &names, &schemas),
         };
         client
             .batch_execute(&sql)
@@ -1118,8 +1116,9 @@ async fn take_back(
         .await
         .map_err(ddl_error("reading table owners"))?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(ddl_error("reading table owners"))?;
     if !owned.is_empty() {
         let sql: String = owned
             .iter()

@@ -335,43 +335,49 @@ async fn revoke_runtime_access(
     present: &[(&str, String)],
     report: &mut TeardownReport,
 ) -> Result<(), TeardownError> {
-    for (table, qualified) in present {
-        let roles: Vec<String> = client
-            .query(
-                "SELECT quote_ident(r.rolname) FROM pg_policy p
-                 JOIN pg_roles r ON r.oid = ANY(p.polroles)
-                 WHERE p.polrelid = $1::text::regclass AND p.polname = $2
-                 ORDER BY 1",
-                &[qualified, &crate::grants::RUNTIME_POLICY],
-            )
-            .await
-            .map_err(query_error("reading the runtime role's policies"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if roles.is_empty() {
-            continue;
-        }
-        let revoked = client
-            .batch_execute(&format!(
-                "BEGIN; DROP POLICY {} ON {qualified}; REVOKE ALL ON {qualified} FROM {}; COMMIT",
-                quote_ident(crate::grants::RUNTIME_POLICY),
-                roles.join(", ")
-            ))
-            .await;
-        if let Err(e) = revoked {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(TeardownError::Query {
-                context: "taking the runtime role's access to the target tables back",
-                message: db::error_text(&e),
-            });
-        }
-        report.dropped.push(format!(
-            "policy \"{}\" on {table} and the privileges of {} on it",
-            crate::grants::RUNTIME_POLICY,
-            roles.join(", ")
+    let tables: Vec<String> = present.iter().map(|(_, q)| q.clone()).collect();
+    // Each table with the policy, and the roles it is for.
+    let rows = client
+        .query(
+            "SELECT p.polrelid::regclass::text,
+                    string_agg(quote_ident(r.rolname), ', ' ORDER BY r.rolname)
+             FROM pg_policy p JOIN pg_roles r ON r.oid = ANY(p.polroles)
+             WHERE p.polrelid = ANY($1::text[]::regclass[]) AND p.polname = $2
+             GROUP BY 1 ORDER BY 1",
+            &[&tables, &crate::grants::RUNTIME_POLICY],
+        )
+        .await
+        .map_err(query_error("reading the runtime role's policies"))?;
+    let mut sql = String::from("BEGIN;\n");
+    let mut done = Vec::new();
+    for row in &rows {
+        let (table, roles): (String, String) = (
+            row.try_get(0)
+                .map_err(query_error("reading the runtime role's policies"))?,
+            row.try_get(1)
+                .map_err(query_error("reading the runtime role's policies"))?,
+        );
+        sql.push_str(&format!(
+            "DROP POLICY {} ON {table}; REVOKE ALL ON {table} FROM {roles};\n",
+            quote_ident(crate::grants::RUNTIME_POLICY),
+        ));
+        done.push(format!(
+            "policy \"{}\" on {table} and the privileges of {roles} on it",
+            crate::grants::RUNTIME_POLICY
         ));
     }
+    if done.is_empty() {
+        return Ok(());
+    }
+    sql.push_str("COMMIT;");
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(TeardownError::Query {
+            context: "taking the runtime role's access to the target tables back",
+            message: db::error_text(&e),
+        });
+    }
+    report.dropped.extend(done);
     Ok(())
 }
 
