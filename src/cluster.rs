@@ -158,6 +158,19 @@ impl TempCluster {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Leaves the server running and its files in place after this value is gone (no later
+    /// cluster reaps it): what to tell a user who keeps it.
+    pub fn keep(self) -> KeptCluster {
+        let _ = fs::remove_file(self.dir.join(OWNER_FILE));
+        let this = std::mem::ManuallyDrop::new(self);
+        let script = removal_script(&this.dir, &this.bindir, this.run_as.is_some());
+        let _ = fs::write(this.dir.join(REMOVE_SCRIPT), script);
+        KeptCluster {
+            dir: this.dir.clone(),
+            port: this.port,
+        }
+    }
+
     /// Stops the server: `mode` is `fast` (clean) or `immediate` (like a crash).
     pub fn stop(&self, mode: &str) -> Result<(), ClusterError> {
         self.pg_ctl(&["stop", "-w", "-t", "60", "-m", mode])
@@ -315,6 +328,46 @@ impl Drop for TempCluster {
         let _ = self.stop("immediate");
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A cluster left running on purpose (see [`TempCluster::keep`]).
+#[derive(Debug)]
+pub struct KeptCluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl KeptCluster {
+    /// A URL for `database` as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A short shell command that stops the server and deletes its files (through a script
+    /// [`TempCluster::keep`] wrote into the cluster's directory).
+    pub fn removal_command(&self) -> String {
+        format!("sh {}", self.dir.join(REMOVE_SCRIPT).display())
+    }
+}
+
+/// The script of a kept cluster that stops it and deletes its files.
+const REMOVE_SCRIPT: &str = "remove.sh";
+
+fn removal_script(dir: &Path, bindir: &Path, as_postgres: bool) -> String {
+    let stop = format!(
+        "'{}' -D '{}' stop -m fast",
+        bindir.join("pg_ctl").display(),
+        dir.join("data").display()
+    );
+    let stop = if as_postgres {
+        format!("runuser -u postgres -- {stop}")
+    } else {
+        stop
+    };
+    format!(
+        "#!/bin/sh\n# Stops this leadsync demo cluster and deletes its files.\n{stop} && rm -rf '{}'\n",
+        dir.display()
+    )
 }
 
 /// The last `lines` lines of `text`.

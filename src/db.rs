@@ -492,11 +492,41 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut connection = connection;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "source connection closed");
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => log_notice(&notice),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "source connection closed");
+                    break;
+                }
+                None => break,
+            }
         }
     });
+}
+
+/// A server's notice: warnings are logged as warnings; the rest (`NOTICE: relation …
+/// already exists, skipping` from an idempotent setup, `INFO`, `DEBUG`) only at debug.
+fn log_notice(notice: &tokio_postgres::error::DbError) {
+    use tokio_postgres::error::Severity;
+    match notice.parsed_severity() {
+        Some(Severity::Warning) => {
+            tracing::warn!(
+                code = notice.code().code(),
+                "PostgreSQL warns: {}",
+                notice.message()
+            )
+        }
+        _ => tracing::debug!(
+            code = notice.code().code(),
+            "PostgreSQL {}: {}",
+            notice.severity(),
+            notice.message()
+        ),
+    }
 }
 
 fn connect_failure(source: &SourceUrl, err: &tokio_postgres::Error) -> ConnectError {

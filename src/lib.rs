@@ -52,6 +52,7 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod text;
 pub mod timestamp;
 pub mod triggers;
 

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use leadsync::cmd;
 use leadsync::config::{LogFormat, Settings};
@@ -114,6 +118,10 @@ enum Command {
         /// How many contacts to generate.
         #[arg(long, default_value_t = 20_000)]
         contacts: u64,
+        /// Leave the cluster running at the end, as a playground (prints how to use and
+        /// remove it).
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -146,10 +154,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Demo { contacts } = cli.command {
+    if let Command::Demo { contacts, keep } = cli.command {
         // The demo narrates; only errors interrupt it (parked rows are counted at the end).
         init_tracing(LogFormat::Text, "error");
-        cmd::demo::run_demo(contacts).await?;
+        cmd::demo::run_demo(contacts, keep).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let settings = Settings::load(cli.config.as_deref())?;
@@ -200,24 +208,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let options = cmd::setup::SetupOptions { runtime_role };
             let report = cmd::setup::run_setup_with(&settings, &options).await?;
-            print!("{report}");
+            print!("{}", leadsync::text::fit(&report.to_string()));
         }
         Command::Run => {
             let controls = leadsync::control::from_signals()?;
             let pidfile = leadsync::control::pidfile(&settings);
-            // Held until the daemon exits; a second daemon on this host leaves it alone.
+            // Held until the daemon exits. A second daemon on this host stops here, before
+            // it binds a port or touches the file.
             let _pid = match leadsync::control::PidFile::take(&pidfile)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
-                leadsync::control::Taken::Mine(held) => Some(held),
-                leadsync::control::Taken::Held { pid } => {
-                    tracing::warn!(
-                        pidfile = %pidfile.display(),
-                        holder = ?pid,
-                        "another leadsync holds the pidfile; `leadsync ctl` reaches that one"
-                    );
-                    None
-                }
+                leadsync::control::Taken::Mine(held) => held,
+                leadsync::control::Taken::Held { pid } => anyhow::bail!(
+                    "another leadsync ({}) runs with the pidfile {}: `leadsync ctl` reaches \
+                     that one. Stop it first, or give this instance a pidfile of its own \
+                     (control.pidfile) to run it as a standby on the same host",
+                    pid.map_or("pid unknown".into(), |p| format!("pid {p}")),
+                    pidfile.display()
+                ),
             };
             let status = leadsync::status::SharedStatus::default();
             let metrics = leadsync::metrics::install_recorder()?;
@@ -303,7 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&assessment)?);
             } else {
-                print!("{}", assessment.render());
+                print!("{}", leadsync::text::fit(&assessment.render()));
             }
         }
         Command::Resync { workspace, no_wait } => {
@@ -317,7 +325,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drop_target_tables,
                 confirm_drop_target_tables: yes_drop_target_tables,
             };
-            print!("{}", cmd::teardown::run_teardown(&settings, opts).await?);
+            let done = cmd::teardown::run_teardown(&settings, opts).await?;
+            print!("{}", leadsync::text::fit(&done.to_string()));
         }
         Command::Dlq { command } => {
             if !cmd::dlq::run_dlq(&settings, command).await? {
@@ -330,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print!("{}", leadsync::text::fit(&report.render()));
             }
         }
         Command::Validate { json, wait_seconds } => {
@@ -339,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&validation)?);
             } else {
-                print!("{}", validation.render());
+                print!("{}", leadsync::text::fit(&validation.render()));
             }
             if !validation.passed {
                 return Ok(ExitCode::FAILURE);
@@ -354,14 +363,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     eprintln!("{line}");
                 } else {
-                    println!("{line}");
+                    print!("{}", leadsync::text::fit(&format!("{line}\n")));
                 }
             };
             let report = cmd::cutover::run_cutover(&settings, opts, &mut progress).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{report}");
+                print!("{}", leadsync::text::fit(&report.to_string()));
             }
             if !report.go {
                 return Ok(ExitCode::FAILURE);
@@ -374,23 +383,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr; `LEADSYNC_LOG` (a tracing filter) overrides `log.level`.
 fn init_tracing(format: LogFormat, level: &str) {
-    // tokio-postgres logs statements with their parameters (rows of personal data) at
-    // debug: it stays at info whatever the level.
-    let mut filter = std::env::var("LEADSYNC_LOG")
+    let filter = std::env::var("LEADSYNC_LOG")
         .ok()
         .filter(|f| leadsync::config::check_log_filter(f).is_ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(level));
-    if let Ok(quiet) = "tokio_postgres=info".parse() {
-        filter = filter.add_directive(quiet);
-    }
+    // tokio-postgres logs statements with their parameters (rows of personal data) at
+    // debug: it never goes below info, whatever the level.
+    let quiet = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tokio_postgres", LevelFilter::INFO);
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| leadsync::secrets::ScrubbingWriter);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter.and(quiet))).init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_filter(filter.and(quiet)))
+            .init(),
     }
 }

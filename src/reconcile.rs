@@ -15,7 +15,6 @@
 
 use std::fmt;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
@@ -163,8 +162,7 @@ impl TableDiff {
 
 impl fmt::Display for Reconciliation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut t = Table::new();
-        t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        let mut t = crate::text::table(&[
             "table",
             "expected",
             "actual",

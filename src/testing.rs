@@ -319,6 +319,35 @@ pub async fn run_cli(
     .expect("the command's thread")
 }
 
+static SCRATCH: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+extern "C" fn remove_scratch_dir() {
+    if let Some(dir) = SCRATCH.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A directory of this test process for daemons' logs and pidfiles, removed when the
+/// process exits: a test that fails or kills its daemon leaves nothing in the temporary
+/// directory.
+pub fn scratch_dir() -> &'static std::path::Path {
+    SCRATCH.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("leadsync-tests-")
+            .tempdir()
+            .expect("a scratch directory")
+            .keep();
+        // SAFETY: registers a plain extern "C" function with no arguments; it runs at exit.
+        unsafe { libc::atexit(remove_scratch_dir) };
+        dir
+    })
+}
+
+/// A fresh path in [`scratch_dir`] ending in `suffix`.
+pub fn scratch_path(suffix: &str) -> std::path::PathBuf {
+    scratch_dir().join(format!("{}{suffix}", uuid::Uuid::new_v4().simple()))
+}
+
 /// A `leadsync run` process. Dropping it kills it.
 pub struct Daemon {
     child: std::process::Child,
@@ -327,11 +356,9 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `bin run` with `env` (see [`daemon_env`]); its output goes to a log file.
+    /// Unless `env` names one, the daemon gets a pidfile of its own.
     pub fn start(bin: &str, env: &[(String, String)]) -> Daemon {
-        let log = std::env::temp_dir().join(format!(
-            "leadsync-daemon-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let log = scratch_path(".log");
         let file = std::fs::File::create(&log).expect("daemon log file");
         let mut cmd = std::process::Command::new(bin);
         cmd.arg("run")
@@ -341,6 +368,9 @@ impl Daemon {
             if k.starts_with("LEADSYNC_") {
                 cmd.env_remove(k);
             }
+        }
+        if !env.iter().any(|(k, _)| k == "LEADSYNC_CONTROL__PIDFILE") {
+            cmd.env("LEADSYNC_CONTROL__PIDFILE", scratch_path(".pid"));
         }
         for (k, v) in env {
             cmd.env(k, v);

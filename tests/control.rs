@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_leadsync");
 /// The daemon's environment with a pidfile, and where it serves its metrics.
 fn env_and_metrics(db: &TestDb) -> (Vec<(String, String)>, std::net::SocketAddr) {
     let (mut env, addr) = daemon_env_with_metrics(db);
-    let pidfile = std::env::temp_dir().join(format!("leadsync-test-{}.pid", db.slot));
+    let pidfile = leadsync::testing::scratch_path(".pid");
     env.push((
         "LEADSYNC_CONTROL__PIDFILE".into(),
         pidfile.display().to_string(),
@@ -174,6 +174,43 @@ async fn pause_holds_changes_survives_restart_and_timeouts_and_resume_catches_up
     assert_eq!(metric(metrics, "leadsync_lag_seconds").await, 0.0);
     let status = ctl(&env, "status");
     assert!(!status.contains("(paused)"), "{status}");
+}
+
+/// A second `leadsync run` with the same pidfile stops before touching it: the running
+/// daemon stays reachable by `ctl`.
+#[tokio::test]
+async fn a_second_daemon_with_the_same_pidfile_refuses_to_start_and_leaves_it_alone() {
+    let db = TestDb::spawn().await;
+    db.make_ready(100).await;
+    let (env, _) = env_and_metrics(&db);
+    let first = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| first.log())
+        .await;
+    let pidfile = env
+        .iter()
+        .find(|(k, _)| k == "LEADSYNC_CONTROL__PIDFILE")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .unwrap();
+    let before = std::fs::read_to_string(&pidfile).unwrap();
+
+    let (code, out, err) = leadsync::testing::run_cli(BIN, env.clone(), &["run"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("another leadsync (pid {})", first.pid())),
+        "{err}"
+    );
+    assert!(err.contains("control.pidfile"), "{err}");
+    assert!(
+        !err.contains("cannot listen"),
+        "it got as far as the port: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), before);
+    let status = ctl(&env, "status");
+    assert!(
+        status.contains(&format!("running, pid {}", first.pid())),
+        "{status}"
+    );
+    ctl(&env, "pause");
 }
 
 #[tokio::test]

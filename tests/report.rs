@@ -88,3 +88,40 @@ async fn report_gives_the_real_counts_validation_and_dead_letters() {
     assert!(text.contains("2. VALIDATION: PASS"), "{text}");
     assert!(text.contains(&format!("pending: {pending}")), "{text}");
 }
+
+/// What the commands print fits a 100-column terminal, on data with wide values, dead
+/// letters and drift to report.
+#[tokio::test]
+async fn every_command_fits_a_100_column_terminal() {
+    let db = TestDb::spawn_ready(1500).await;
+    let env = daemon_env(&db);
+    let daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    // Drift for validate and cutover to explain.
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE leads SET disposition = 'drifted' WHERE id IN
+               (SELECT id FROM leads ORDER BY id LIMIT 3)",
+        )
+        .await
+        .unwrap();
+    for args in [
+        &["setup"][..],
+        &["assess"],
+        &["validate", "--wait-seconds", "1"],
+        &["report", "--wait-seconds", "1"],
+        &["cutover", "--timeout", "30"],
+        &["dlq", "list"],
+        &["ctl", "status"],
+    ] {
+        let (_, out, err) = leadsync::testing::run_cli(BIN, env.clone(), args).await;
+        assert!(!out.trim().is_empty(), "{args:?} printed nothing: {err}");
+        let wide: Vec<&str> = out.lines().filter(|l| l.chars().count() > 100).collect();
+        assert!(
+            wide.is_empty(),
+            "{args:?} prints wider than 100 columns:\n{out}"
+        );
+    }
+}

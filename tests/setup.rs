@@ -63,6 +63,21 @@ async fn setup_twice_leaves_the_catalog_identical() {
     assert_eq!(catalog_extras(&db).await, extras);
 }
 
+/// An idempotent setup's "already exists, skipping" notices stay out of the output, even at
+/// the info level.
+#[tokio::test]
+async fn a_second_setup_forwards_no_server_notices() {
+    let db = TestDb::spawn().await;
+    let bin = env!("CARGO_BIN_EXE_leadsync");
+    let env = leadsync::testing::daemon_env(&db);
+    for run in ["first", "second"] {
+        let (code, out, err) = leadsync::testing::run_cli(bin, env.clone(), &["setup"]).await;
+        assert_eq!(code, 0, "{run} setup: {out}{err}");
+        assert!(!err.contains("NOTICE"), "{run} setup: {err}");
+        assert!(!err.contains("already exists"), "{run} setup: {err}");
+    }
+}
+
 #[tokio::test]
 async fn setup_creates_the_fixed_target_schema() {
     let db = TestDb::spawn().await;

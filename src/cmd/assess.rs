@@ -5,7 +5,7 @@
 //! early for the derived appointment dates, integers wider than 32 bits), the data-quality
 //! warnings SPEC §3 names, and what the projection will produce. Read-only.
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use crate::text::table;
 use serde::Serialize;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -573,13 +573,6 @@ async fn samples(
         .iter()
         .map(|r| r.get(0))
         .collect())
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED)
-        .set_header(header.to_vec());
-    t
 }
 
 fn ids(ids: &[Uuid]) -> String {

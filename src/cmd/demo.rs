@@ -16,28 +16,78 @@ use crate::cmd::{assess, report, run, setup, validate};
 use crate::config::Settings;
 use crate::{Lsn, db, fixtures, source};
 
+/// `println!` fitted to the terminal's width (see [`crate::text::fit`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        print!("{}", crate::text::fit(&format!("{}\n", format_args!($($arg)*))))
+    };
+}
+
 /// The demo's workspace for hand-made contacts, and a contact written live.
 const LIVE_CONTACT: &str = "d0000000-0000-4000-8000-000000000001";
 
-/// Runs the demo with `contacts` generated contacts.
-pub async fn run_demo(contacts: u64) -> anyhow::Result<()> {
+/// Runs the demo with `contacts` generated contacts. With `keep`, the cluster keeps running
+/// afterwards (a playground, with the commands to use and remove it); otherwise it is gone
+/// at the end, also after Ctrl-C or SIGTERM.
+pub async fn run_demo(contacts: u64, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!("== starting a throwaway PostgreSQL (wal_level = logical)");
+    say!("== starting a throwaway PostgreSQL (wal_level = logical)");
     let cluster =
         tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default())).await??;
-    println!(
+    say!(
         "   listening on 127.0.0.1:{} in {}",
         cluster.port(),
         cluster.dir().display()
     );
-    let result = demo_on(&cluster, contacts).await;
+    let result = tokio::select! {
+        result = demo_on(&cluster, contacts) => result,
+        signal = interrupted() => Err(anyhow::anyhow!(
+            "{signal}: the demo stopped; its throwaway cluster is removed"
+        )),
+    };
+    if keep && result.is_ok() {
+        let kept = cluster.keep();
+        say!(
+            "== demo finished in {:.1}s; the cluster keeps running as a playground",
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", playground(&kept));
+        return Ok(());
+    }
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     result?;
-    println!(
+    say!(
         "== demo finished in {:.1}s; the throwaway cluster is gone",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted (SIGINT)",
+        _ = term.recv() => "terminated (SIGTERM)",
+    }
+}
+
+/// How to use and then remove a kept cluster.
+fn playground(kept: &crate::cluster::KeptCluster) -> String {
+    let url = kept.url("crm");
+    format!(
+        "   database:  psql {url}\n\
+         \x20  leadsync:  LEADSYNC_SOURCE__URL={url} leadsync run\n\
+         \x20             (it resumes from the demo's slot; then validate, cutover, teardown)\n\
+         \x20  remove it: {}\n",
+        kept.removal_command()
+    )
 }
 
 async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
@@ -46,31 +96,35 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
     let url = SecretString::from(cluster.url("crm"));
     let client = db::connect(&url).await?;
 
-    println!("== loading the legacy schema and {contacts} generated contacts");
+    say!("== loading the legacy schema and {contacts} generated contacts");
     let t = Instant::now();
     fixtures::load_legacy_schema(&client).await?;
     fixtures::generate_demo_data(&client, contacts).await?;
-    println!("   done in {:.1}s", t.elapsed().as_secs_f64());
+    say!("   done in {:.1}s", t.elapsed().as_secs_f64());
 
     let mut settings = Settings::default();
     settings.source.url = Some(url);
     settings.slot.status_interval_ms = 200;
     settings.validate()?;
 
-    println!("== leadsync setup");
-    print!("{}", setup::run_setup(&settings).await?);
-    let moved = fixtures::assign_demo_field_contexts(&client).await?;
-    println!("   {moved} field definitions now hold lead- or appointment-level values");
-    println!("== leadsync setup, again (idempotent)");
-    print!("{}", setup::run_setup(&settings).await?);
-
-    println!("== leadsync assess");
-    let assessment = assess::run_assess(&settings).await?;
-    println!("{}", assessment.render());
-
-    println!(
-        "== leadsync run: first run creates the slot and loads every contact from its snapshot"
+    say!("== leadsync setup");
+    say!(
+        "{}",
+        setup::run_setup(&settings).await?.to_string().trim_end()
     );
+    let moved = fixtures::assign_demo_field_contexts(&client).await?;
+    say!("   {moved} field definitions now hold lead- or appointment-level values");
+    say!("== leadsync setup, again (idempotent)");
+    say!(
+        "{}",
+        setup::run_setup(&settings).await?.to_string().trim_end()
+    );
+
+    say!("== leadsync assess");
+    let assessment = assess::run_assess(&settings).await?;
+    say!("{}", assessment.render());
+
+    say!("== leadsync run: first run creates the slot and loads every contact from its snapshot");
     let (stop, pause, controls) = crate::control::Controls::manual();
     let daemon_settings = settings.clone();
     let status = crate::status::SharedStatus::default();
@@ -79,13 +133,13 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         tokio::spawn(async move { run::run(&daemon_settings, controls, daemon_status).await });
     let t = Instant::now();
     wait_caught_up(&client, &settings.slot.name).await?;
-    println!(
+    say!(
         "   loaded and streaming after {:.1}s",
         t.elapsed().as_secs_f64()
     );
     print_counts(&client).await?;
 
-    println!("== legacy writes while leadsync streams");
+    say!("== legacy writes while leadsync streams");
     let workspace: uuid::Uuid = client
         .query_one("SELECT id FROM workspaces ORDER BY name LIMIT 1", &[])
         .await?
@@ -123,11 +177,11 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         let t = Instant::now();
         client.batch_execute(&sql).await?;
         wait_caught_up(&client, &settings.slot.name).await?;
-        println!("   {what}: applied within {} ms", t.elapsed().as_millis());
+        say!("   {what}: applied within {} ms", t.elapsed().as_millis());
         print_contact_rows(&client).await?;
     }
 
-    println!("== the new application edits a migrated customer: reverse sync");
+    say!("== the new application edits a migrated customer: reverse sync");
     let person: uuid::Uuid = client
         .query_one(
             "SELECT cst_id FROM customers WHERE deleted_at IS NULL ORDER BY cst_id LIMIT 1",
@@ -153,7 +207,7 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    println!(
+    say!(
         "   contacts.email of {person} is now {} ({} ms later); the contact's change flows \
          forward once, and leadsync does not carry its own write back",
         email.as_deref().unwrap_or("NULL"),
@@ -162,17 +216,17 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
 
     live_load(&client, &settings, &status, &pause).await?;
 
-    println!("== leadsync validate");
+    say!("== leadsync validate");
     let mut validate_client = db::connect(settings.source_url()).await?;
     let validation =
         validate::validate(&mut validate_client, &settings, Duration::from_secs(60)).await?;
-    print!("{}", indent(&validation.render()));
+    say!("{}", validation.render().trim_end());
     wait_caught_up(&client, &settings.slot.name).await?;
-    println!("== leadsync report");
+    say!("== leadsync report");
     let report = report::run_report(&settings, Duration::from_secs(10)).await?;
-    print!("{}", indent(&report.render()));
+    say!("{}", report.render().trim_end());
 
-    println!("== stopping the daemon (as SIGTERM would)");
+    say!("== stopping the daemon (as SIGTERM would)");
     let _ = stop.send(true);
     daemon.await??;
     let dead: i64 = client
@@ -182,7 +236,7 @@ async fn demo_on(cluster: &TempCluster, contacts: u64) -> anyhow::Result<()> {
         )
         .await?
         .get(0);
-    println!(
+    say!(
         "   {dead} contacts wait in leadsync.dead_letters (values too long for the new columns, as assess predicted)"
     );
     Ok(())
@@ -196,9 +250,7 @@ async fn live_load(
     status: &crate::status::SharedStatus,
     pause: &tokio::sync::watch::Sender<Option<bool>>,
 ) -> anyhow::Result<()> {
-    println!(
-        "== a live legacy write load: 2 writers, ~1,000 single-row updates and inserts a second"
-    );
+    say!("== a live legacy write load: 2 writers, ~1,000 single-row updates and inserts a second");
     let ids: Vec<uuid::Uuid> = client
         .query("SELECT id FROM contacts", &[])
         .await?
@@ -218,12 +270,12 @@ async fn live_load(
     }
     let mut meter = Meter::new(written.clone(), status.clone());
     meter.show(client, settings, 4).await?;
-    println!(
+    say!(
         "   -- pause (what SIGUSR1 or `leadsync ctl pause` does): writes go on, nothing is applied"
     );
     let _ = pause.send(Some(true));
     meter.show(client, settings, 3).await?;
-    println!("   -- resume (SIGUSR2 or `leadsync ctl resume`): catching up while the writes go on");
+    say!("   -- resume (SIGUSR2 or `leadsync ctl resume`): catching up while the writes go on");
     let _ = pause.send(Some(false));
     meter.show(client, settings, 3).await?;
     running.store(false, Ordering::Relaxed);
@@ -232,7 +284,7 @@ async fn live_load(
     }
     let t = Instant::now();
     wait_caught_up(client, &settings.slot.name).await?;
-    println!(
+    say!(
         "   writers stopped after {} transactions; caught up {} ms later",
         written.load(Ordering::Relaxed),
         t.elapsed().as_millis()
@@ -329,7 +381,7 @@ impl Meter {
                 )
                 .await?
                 .get(0);
-            println!(
+            say!(
                 "   {:>3}s  written {:>6}/s  applied {:>6}/s  lag {:>6.2} s {:>9}  {}",
                 self.started.elapsed().as_secs(),
                 written - self.last_written,
@@ -343,10 +395,6 @@ impl Meter {
         }
         Ok(())
     }
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("   {l}\n")).collect()
 }
 
 /// Waits until the daemon has processed everything written so far. The insert position,
@@ -390,7 +438,7 @@ async fn print_counts(client: &Client) -> anyhow::Result<()> {
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await?
             .get(0);
-        println!("   {table:<27} {n:>8}");
+        say!("   {table:<27} {n:>8}");
     }
     Ok(())
 }
@@ -419,14 +467,14 @@ async fn print_contact_rows(client: &Client) -> anyhow::Result<()> {
         .await?;
     let state = |deleted: bool| if deleted { " (deleted)" } else { "" };
     if let Some(c) = customer {
-        println!(
+        say!(
             "     customer    {}{}",
             c.get::<_, String>(0),
             state(c.get(1))
         );
     }
     if let Some(l) = lead {
-        println!(
+        say!(
             "     lead        product {}, disposition {}{}",
             l.get::<_, String>(0),
             l.get::<_, String>(1),
@@ -434,7 +482,7 @@ async fn print_contact_rows(client: &Client) -> anyhow::Result<()> {
         );
     }
     if let Some(a) = appointment {
-        println!(
+        say!(
             "     appointment {}, set {}{}",
             a.get::<_, String>(0),
             a.get::<_, bool>(1),

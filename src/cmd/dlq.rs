@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -33,8 +32,6 @@ use crate::db::{self, ConnectError, quote_ident};
 pub const DEFAULT_RETRY_TIMEOUT_SECS: u64 = 300;
 /// Pending dead letters shown by the human `dlq list` (the JSON has all).
 const LIST_SHOWN: usize = 100;
-/// Width the error column is cut to in the human list.
-const ERROR_WIDTH: usize = 100;
 
 /// `leadsync dlq` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -213,7 +210,7 @@ pub async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<bool, D
             if json {
                 println!("{}", to_json(&list));
             } else {
-                print!("{}", list.render());
+                print!("{}", crate::text::fit(&list.render()));
             }
             Ok(true)
         }
@@ -222,7 +219,7 @@ pub async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<bool, D
             if json {
                 println!("{}", to_json(&report));
             } else {
-                print!("{}", report.render());
+                print!("{}", crate::text::fit(&report.render()));
             }
             Ok(report.still_pending() == 0)
         }
@@ -308,14 +305,6 @@ fn human_age(seconds: i64) -> String {
     }
 }
 
-fn cut(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_owned()
-    } else {
-        format!("{}…", text.chars().take(width).collect::<String>())
-    }
-}
-
 impl DlqList {
     /// The human report.
     pub fn render(&self) -> String {
@@ -323,19 +312,17 @@ impl DlqList {
         if self.pending.is_empty() {
             out.push_str("no pending dead letters\n");
         } else {
-            let mut t = Table::new();
-            t.load_style(UTF8_FULL_CONDENSED)
-                .set_header(vec!["id", "contact", "lsn", "age", "error"]);
+            // One block per dead letter: its whole error, wrapped to the terminal.
             for d in self.pending.iter().take(LIST_SHOWN) {
-                t.add_row(vec![
-                    d.id.to_string(),
+                out.push_str(&format!(
+                    "#{}  contact {}  at {}  {} ago\n    {}\n",
+                    d.id,
                     d.contact_id.map_or("-".into(), |c| c.to_string()),
-                    d.lsn.clone().unwrap_or_else(|| "-".into()),
+                    d.lsn.as_deref().unwrap_or("-"),
                     human_age(d.age_seconds),
-                    cut(&d.error, ERROR_WIDTH),
-                ]);
+                    d.error.replace('\n', "\n    ")
+                ));
             }
-            out.push_str(&format!("{t}\n"));
             if self.pending.len() > LIST_SHOWN {
                 out.push_str(&format!(
                     "… and {} more (all of them with --json)\n",
@@ -634,8 +621,40 @@ mod tests {
     }
 
     #[test]
-    fn long_errors_are_cut() {
-        assert_eq!(cut("abc", 5), "abc");
-        assert_eq!(cut("abcdef", 3), "abc…");
+    fn the_list_shows_each_whole_error_within_the_terminal_width() {
+        let error = format!(
+            "customers.phone1 takes at most 20 characters; contacts.phone_number has 24 ({})",
+            "and the rest of a long explanation ".repeat(5)
+        );
+        let list = DlqList {
+            pending: vec![DeadLetter {
+                id: 7,
+                contact_id: Some(Uuid::nil()),
+                lsn: Some("0/16B3748".into()),
+                source_table: "contacts".into(),
+                operation: "INSERT".into(),
+                error: error.clone(),
+                status: "pending".into(),
+                created_at: Utc::now(),
+                age_seconds: 250,
+            }],
+            by_status: vec![],
+        };
+        let shown = crate::text::fit(&list.render());
+        assert!(
+            shown
+                .lines()
+                .all(|l| l.chars().count() <= crate::text::WIDTH),
+            "{shown}"
+        );
+        assert!(shown.contains(
+            "#7  contact 00000000-0000-0000-0000-000000000000  at 0/16B3748  4m 10s ago"
+        ));
+        let words: Vec<&str> = shown.split_whitespace().collect();
+        let wanted: Vec<&str> = error.split_whitespace().collect();
+        assert!(
+            words.windows(wanted.len()).any(|w| w == wanted.as_slice()),
+            "the error is cut:\n{shown}"
+        );
     }
 }

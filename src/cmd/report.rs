@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -227,9 +226,7 @@ impl Report {
                 .map_or("-".into(), |b| b.to_string()),
         ));
 
-        let mut t = Table::new();
-        t.load_style(UTF8_FULL_CONDENSED)
-            .set_header(vec!["figure", "source", "target"]);
+        let mut t = crate::text::table(&["figure", "source", "target"]);
         for c in &self.counts {
             t.add_row(vec![
                 c.what.to_owned(),
@@ -252,9 +249,7 @@ impl Report {
         }
         out.push('\n');
 
-        let mut t = Table::new();
-        t.load_style(UTF8_FULL_CONDENSED)
-            .set_header(vec!["table", "rows (estimate)", "size"]);
+        let mut t = crate::text::table(&["table", "rows (estimate)", "size"]);
         for s in &self.sizes {
             t.add_row(vec![s.table.clone(), s.rows.to_string(), s.size.clone()]);
         }

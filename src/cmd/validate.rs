@@ -22,7 +22,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -45,6 +44,9 @@ pub const MAX_ROUNDS: usize = 6;
 const CHECK_SAMPLES: i64 = 5;
 /// How often the slot position is polled while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// How many samples a check shows in the text report.
+const SAMPLES_SHOWN: usize = 3;
 
 /// Validation could not run (a failed validation is an `Ok` [`Validation`] that did not
 /// pass).
@@ -274,25 +276,23 @@ impl Validation {
         out
     }
 
-    /// The human report.
+    /// The human report (each check's group and every sample are in `--json`).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut t = Table::new();
-        t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
-            "group", "check", "status", "source", "target", "details",
-        ]);
+        let mut t = crate::text::table(&["check", "status", "source", "target", "details"]);
         for c in &self.checks {
             let mut details = c.details.clone();
             if !c.samples.is_empty() {
+                // A few examples; every one is in --json.
                 let shown: Vec<&str> = c
                     .samples
                     .iter()
+                    .take(SAMPLES_SHOWN)
                     .map(|x| if x.is_empty() { "''" } else { x.as_str() })
                     .collect();
                 details.push_str(&format!("\ne.g. {}", shown.join(", ")));
             }
             t.add_row(vec![
-                c.group.to_owned(),
                 c.name.to_owned(),
                 c.status.to_string(),
                 c.source.map_or(String::new(), |n| n.to_string()),
