@@ -46,6 +46,14 @@ pub enum ConnectError {
          and that source.url is right"
     )]
     Unreachable { target: String, cause: String },
+    /// The server answered and said no: a password, a role, a database or a `pg_hba.conf`
+    /// line that no retry changes.
+    #[error(
+        "the server at {target} refused leadsync: {cause}. Check the role and its password \
+         (source.url, source.password_file), the database's name and the role's pg_hba.conf \
+         line"
+    )]
+    Refused { target: String, cause: String },
     #[error("TLS connection to {target} failed: {cause}{}", hint_suffix(.hint))]
     Tls {
         target: String,
@@ -544,8 +552,18 @@ fn connect_failure(source: &SourceUrl, err: &tokio_postgres::Error) -> ConnectEr
             cause,
             hint,
         },
+        _ if refused(err) => ConnectError::Refused { target, cause },
         _ => ConnectError::Unreachable { target, cause },
     }
+}
+
+/// Whether the server refused the connection for good: invalid authorization (a password,
+/// a role, no `pg_hba.conf` line: class 28), a database that does not exist (3D000), or no
+/// CONNECT privilege on it (42501).
+fn refused(err: &tokio_postgres::Error) -> bool {
+    err.code()
+        .map(|c| c.code())
+        .is_some_and(|code| code.starts_with("28") || code == "3D000" || code == "42501")
 }
 
 /// What to do about a TLS failure, from the text of the error (the same words come from

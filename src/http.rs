@@ -2,10 +2,11 @@
 //! gauges.
 //!
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /healthz`: 200 while the process is alive and not failed, else 503.
-//! - `GET /readyz`: 200 while active (a backfill and a pause included) or a waiting standby,
-//!   else 503 — in a sidecar it gates the application's pod, so it must not flap with the
-//!   daemon's own phases.
+//! - `GET /livez`: 200 while the process answers (the liveness probe: a restart fixes
+//!   nothing the failed state waits for, so a failure never restarts the container).
+//! - `GET /healthz`: 200 while alive and not failed, else 503 (for monitoring).
+//! - `GET /readyz`: 200 in every state but stopping, the failed state included — in a
+//!   sidecar it gates the application's pod, which a sidecar never holds back.
 //! - `GET /status`: the [`Status`](crate::status::Status) as JSON.
 //!
 //! The server is deliberately tiny: one request per connection (`Connection: close`), the
@@ -26,6 +27,34 @@ use crate::Lsn;
 use crate::config::Settings;
 use crate::control::Shutdown;
 use crate::status::SharedStatus;
+
+/// `GET path` from a leadsync at `addr`, within `timeout`: the response's head and body.
+pub async fn fetch(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(String, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: leadsync\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await?;
+        Ok::<_, std::io::Error>(bytes)
+    };
+    let bytes = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no response head"))?;
+    Ok((head.to_owned(), body.to_owned()))
+}
 
 /// Largest request head accepted. Probe and scrape requests are a few hundred bytes; the
 /// bound keeps a misbehaving client from growing a buffer without end.
@@ -301,6 +330,7 @@ fn route(head: &[u8], status: &SharedStatus, metrics: &PrometheusHandle) -> Resp
             content_type: PROMETHEUS_TEXT,
             body: metrics.render(),
         },
+        "/livez" => probe(true),
         "/healthz" => probe(status.healthy()),
         "/readyz" => probe(status.ready()),
         "/status" => match serde_json::to_string_pretty(&status.get()) {

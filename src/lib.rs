@@ -38,6 +38,7 @@ pub mod db;
 pub mod decode;
 pub mod definer;
 pub mod error;
+pub mod failure;
 pub mod fixtures;
 pub mod grants;
 pub mod http;

@@ -131,7 +131,11 @@ enum CtlAction {
     Pause,
     /// Apply again and catch up (SIGUSR2).
     Resume,
-    /// Whether the daemon runs, is paused, and how far the slot is acknowledged.
+    /// Start over after a failure: clear the failure recorded for the slot (every failed
+    /// instance, here or a standby elsewhere, starts over within seconds).
+    Retry,
+    /// Whether the daemon runs, is paused or failed, and how far the slot is acknowledged.
+    /// Exit status: 0 running, 2 paused, 3 not running, 4 failed, 1 unknown.
     Status,
 }
 
@@ -245,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 controls.shutdown.clone(),
             ));
             tracing::info!(slot = %settings.slot.name, pidfile = %pidfile.display(), "leadsync starting");
-            cmd::run::run(&settings, controls, status).await?;
+            cmd::run::run_until_stopped(&settings, controls, status).await?;
             tracing::info!("leadsync stopped");
         }
         Command::Ctl { action } => {
@@ -261,48 +265,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!(e))?;
                     println!("asked leadsync (pid {pid}) to resume");
                 }
+                CtlAction::Retry => {
+                    println!("{}", cmd::ctl::retry(&settings).await?);
+                }
                 CtlAction::Status => {
-                    let pid = leadsync::control::running_pid(&pidfile);
-                    let client = leadsync::db::connect(settings.source_url()).await?;
-                    let row = client
-                        .query_opt(
-                            "SELECT s.phase, s.paused, r.confirmed_flush_lsn::text,
-                                    pg_current_wal_insert_lsn()::text,
-                                    pg_wal_lsn_diff(pg_current_wal_insert_lsn(), r.confirmed_flush_lsn)::bigint
-                             FROM leadsync.sync_state s
-                             LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name
-                             WHERE s.slot_name = $1",
-                            &[&settings.slot.name],
-                        )
-                        .await?;
-                    println!(
-                        "daemon: {}",
-                        pid.map_or(
-                            "not running (no live pid in the pidfile)".into(),
-                            |p| format!("running, pid {p}")
-                        )
-                    );
-                    let mut paused = false;
-                    if let Some(row) = row {
-                        let phase: String = row.get(0);
-                        paused = row.get(1);
-                        let acked: Option<String> = row.get(2);
-                        let lag: Option<i64> = row.get(4);
-                        println!("phase: {phase}{}", if paused { " (paused)" } else { "" });
-                        println!(
-                            "slot acknowledged up to: {} (source at {}, {} bytes behind)",
-                            acked.as_deref().unwrap_or("-"),
-                            row.get::<_, String>(3),
-                            lag.map_or("-".into(), |l| l.to_string())
-                        );
-                    }
-                    // For scripts: 0 running, 2 running but paused, 3 not running (as LSB
-                    // init scripts' status), 1 when the state cannot be read.
-                    return Ok(match (pid, paused) {
-                        (None, _) => ExitCode::from(3),
-                        (Some(_), true) => ExitCode::from(2),
-                        (Some(_), false) => ExitCode::SUCCESS,
-                    });
+                    let found = cmd::ctl::status(&settings).await;
+                    print!("{}", leadsync::text::fit(&found.render()));
+                    return Ok(ExitCode::from(found.exit_code()));
                 }
             }
         }

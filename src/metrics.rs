@@ -27,6 +27,8 @@ pub const ERRORS_TOTAL: &str = "leadsync_errors_total";
 pub const SLOT_RETAINED_BYTES: &str = "leadsync_slot_retained_bytes";
 /// 1 while this instance waits as a standby.
 pub const STANDBY: &str = "leadsync_standby";
+/// 1 while this instance is in the failed state (up, applying nothing, waiting for a fix).
+pub const FAILED: &str = "leadsync_failed";
 
 /// Label names.
 pub const TABLE: &str = "table";
@@ -113,9 +115,14 @@ pub fn describe() {
         "WAL the slot keeps on the server: server WAL position minus the slot's restart LSN."
     );
     describe_gauge!(STANDBY, "1 while this instance waits as a standby.");
+    describe_gauge!(
+        FAILED,
+        "1 while this instance is failed: up, applying nothing, waiting for a fix (see /status)."
+    );
 
     metrics::counter!(TRANSACTIONS_TOTAL).absolute(0);
     metrics::counter!(DEAD_LETTERS_TOTAL).absolute(0);
     metrics::gauge!(PAUSED).set(0.0);
     metrics::gauge!(STANDBY).set(0.0);
+    metrics::gauge!(FAILED).set(0.0);
 }

@@ -228,8 +228,18 @@ CREATE TABLE IF NOT EXISTS leadsync.sync_state (
     backfill_lsn PG_LSN,
     backfill_started_at TIMESTAMPTZ,
     backfill_finished_at TIMESTAMPTZ,
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- A failure no retry fixes, recorded by the instance that met it so that standbys wait
+    -- instead of failing the same way; cleared by `leadsync ctl retry` or a restart.
+    failure TEXT,
+    failed_at TIMESTAMPTZ,
+    failed_by TEXT
 );
+
+ALTER TABLE leadsync.sync_state
+    ADD COLUMN IF NOT EXISTS failure TEXT,
+    ADD COLUMN IF NOT EXISTS failed_at TIMESTAMPTZ,
+    ADD COLUMN IF NOT EXISTS failed_by TEXT;
 
 -- Rows the target rejected, with everything needed to replay them.
 CREATE TABLE IF NOT EXISTS leadsync.dead_letters (

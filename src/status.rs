@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The daemon's life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Connecting, reading the checkpoint.
@@ -22,7 +22,8 @@ pub enum State {
     Paused,
     /// The connection was lost; retrying with backoff.
     Reconnecting,
-    /// Stopped on an error the operator must act on.
+    /// Up but applying nothing after an error no retry fixes, until the operator's fix
+    /// (`leadsync ctl retry` or a restart).
     Failed,
     /// Stopped on request.
     Stopped,
@@ -62,6 +63,8 @@ pub struct Status {
     pub dead_letters_pending: Option<u64>,
     /// The last error, as [`public_error`] shows it.
     pub last_error: Option<String>,
+    /// Since when the daemon is failed (its reason is `last_error`).
+    pub failed_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An error as `/status` shows it: `/status` is read over HTTP by whatever may reach the
@@ -106,10 +109,12 @@ impl SharedStatus {
         self.get().state != State::Failed
     }
 
-    /// Ready (for a sidecar's pod): healthy, and either doing its job (including a first
-    /// load or a pause) or a standby waiting its turn.
+    /// Ready (for a sidecar's pod): in every state but stopping — a first load, a pause, a
+    /// standby's wait and the failed state included. A sidecar never takes the
+    /// application's pod out of its Service; a failure shows in `/healthz`, `/status` and
+    /// `leadsync_failed`.
     pub fn ready(&self) -> bool {
-        !matches!(self.get().state, State::Failed | State::Stopped)
+        self.get().state != State::Stopped
     }
 }
 

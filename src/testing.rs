@@ -402,6 +402,17 @@ impl Daemon {
         }
     }
 
+    /// Waits until the daemon is in the failed state (it says so in its log) and checks
+    /// that it stayed up; returns the log. Panics after `timeout`.
+    pub async fn wait_failed(&mut self, timeout: std::time::Duration) -> String {
+        self.wait_log(crate::failure::FAILED_STATE_LOG, timeout)
+            .await;
+        if let Some(status) = self.try_wait() {
+            panic!("the failed daemon exited ({status}):\n{}", self.log());
+        }
+        self.log()
+    }
+
     /// Whether the process has exited, and how.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait for leadsync")
@@ -673,34 +684,19 @@ pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::Has
 /// `GET path` at `addr` (retrying while nothing listens yet, up to 30 s): the response's
 /// head and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut stream = loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => break stream,
-            Err(_) if std::time::Instant::now() < deadline => {
+    loop {
+        match crate::http::fetch(addr, path, std::time::Duration::from_secs(10)).await {
+            Ok(response) => return response,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("nothing serves HTTP on {addr}: {e}"),
+            Err(e) => panic!("GET {path} from {addr}: {e}"),
         }
-    };
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("send request");
-    let mut bytes = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut bytes),
-    )
-    .await
-    .expect("the server answers within 10 s")
-    .expect("read response");
-    let text = String::from_utf8(bytes).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    (head.to_owned(), body.to_owned())
+    }
 }
 
 /// `name{labels}` (as written) → value, for every sample line of a Prometheus text scrape.

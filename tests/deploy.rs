@@ -512,8 +512,9 @@ fn sidecar_settings_match_the_daemon() {
         "the container's metrics port"
     );
 
-    // Probes: /healthz for liveness, /readyz for readiness, both on the metrics port.
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // Probes: /livez for liveness (a failure must not restart the container into a crash
+    // loop), /readyz for readiness, both on the metrics port.
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe} path");
         assert!(routed(path), "src/http.rs serves {path}");
@@ -577,8 +578,10 @@ fn sidecar_settings_match_the_daemon() {
         );
     }
 
-    // The pidfile: on a writable volume (the root filesystem is read-only), shared with the
-    // application container, which may signal the daemon in the shared process namespace.
+    // The pidfile: on a writable volume (the root filesystem is read-only) of leadsync's
+    // own. No process namespace is shared: the application cannot read the sidecar's
+    // environment (its credentials), and `kubectl exec -c leadsync … leadsync ctl` reaches
+    // the daemon inside its own container.
     let pidfile = PathBuf::from(settings.control.pidfile.clone().expect("control.pidfile"));
     let (pid_mount, pid_volume) =
         mount_of(pod, container, &pidfile).expect("the pidfile's directory is mounted");
@@ -591,13 +594,24 @@ fn sidecar_settings_match_the_daemon() {
         Some(true),
         "the pidfile is writable"
     );
-    assert_eq!(pod["shareProcessNamespace"].as_bool(), Some(true));
+    assert_ne!(
+        pod["shareProcessNamespace"].as_bool(),
+        Some(true),
+        "the pod shares its process namespace"
+    );
     for other in seq(&pod["containers"], "containers") {
-        assert!(
-            mount_of(pod, other, &pidfile).is_some(),
-            "container {:?} sees the pidfile",
-            other["name"]
-        );
+        if other["name"] != container["name"] {
+            assert!(
+                mount_of(pod, other, &pidfile).is_none(),
+                "container {:?} sees leadsync's pidfile",
+                other["name"]
+            );
+            assert!(
+                other["securityContext"]["runAsUser"].is_null()
+                    && pod["securityContext"]["runAsUser"].is_null(),
+                "the application is made to run as leadsync's user"
+            );
+        }
     }
 
     // Non-root, read-only root filesystem, no privilege escalation, the image's user.
@@ -1195,6 +1209,7 @@ fn alert_rules_use_exported_metrics_and_labels() {
         m::DEAD_LETTERS_PENDING,
         m::SLOT_RETAINED_BYTES,
         m::ERRORS_TOTAL,
+        m::FAILED,
         "up",
     ] {
         assert!(used.contains(needed), "no alert on {needed}");

@@ -112,8 +112,10 @@ async fn get(addr: SocketAddr, path: &str) -> Reply {
 #[tokio::test]
 async fn probes_follow_the_state() {
     let server = start().await;
-    // (state, /healthz, /readyz): a backfill, a pause and a standby are ready (SPEC §6: in a
-    // sidecar /readyz gates the application's pod); only failing is unhealthy.
+    // (state, /healthz, /readyz): a backfill, a pause, a standby and the failed state are
+    // ready (in a sidecar /readyz gates the application's pod, which a sidecar never holds
+    // back); only failing is unhealthy; /livez answers in every state, so a failure never
+    // restarts the container into a crash loop.
     let cases = [
         (State::Starting, 200, 200),
         (State::Standby, 200, 200),
@@ -121,7 +123,7 @@ async fn probes_follow_the_state() {
         (State::Streaming, 200, 200),
         (State::Paused, 200, 200),
         (State::Reconnecting, 200, 200),
-        (State::Failed, 503, 503),
+        (State::Failed, 503, 200),
         (State::Stopped, 200, 503),
     ];
     for (state, health, ready) in cases {
@@ -129,6 +131,7 @@ async fn probes_follow_the_state() {
         let h = get(server.addr, "/healthz").await;
         let r = get(server.addr, "/readyz").await;
         assert_eq!((h.code, r.code), (health, ready), "{state:?}");
+        assert_eq!(get(server.addr, "/livez").await.code, 200, "{state:?}");
         if health == 200 {
             assert_eq!(h.body, "ok\n");
         }

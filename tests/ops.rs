@@ -533,20 +533,7 @@ async fn on_error_stop_halts_before_the_bad_change_and_a_restart_parks_it() {
         ),
     )
     .await;
-    let deadline = std::time::Instant::now() + CATCH_UP;
-    let status = loop {
-        if let Some(status) = strict.try_wait() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running: {}",
-            strict.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(!status.success(), "{}", strict.log());
-    let log = strict.log();
+    let log = strict.wait_failed(CATCH_UP).await;
     assert!(log.contains("sync.on_error"), "{log}");
     assert!(log.contains("customers.phone1"), "{log}");
     let applied: i64 = one(

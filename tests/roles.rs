@@ -66,6 +66,12 @@ fn env_as(db: &TestDb, user: &str) -> Vec<(String, String)> {
             *v = db.url_as(user);
         }
     }
+    // The daemon's and `ctl`'s: one per database.
+    let pidfile = leadsync::testing::scratch_dir().join(format!("{}.pid", db.slot));
+    env.push((
+        "LEADSYNC_CONTROL__PIDFILE".into(),
+        pidfile.display().to_string(),
+    ));
     env
 }
 
@@ -606,7 +612,8 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
             "permission denied for table contact_custom_fields",
             "the runtime role needs SELECT on it",
         ],
-    );
+    )
+    .await;
     // The failed load gave the target tables back the keys it had set aside.
     assert_eq!(db.legacy_foreign_keys().await, keys);
 
@@ -627,7 +634,8 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
             "EXECUTE on function bind_origin",
             "leadsync setup --runtime-role",
         ],
-    );
+    )
+    .await;
 
     // Without the REPLICATION attribute it cannot create its slot.
     admin
@@ -643,7 +651,8 @@ async fn a_missing_runtime_privilege_is_named_when_the_daemon_stops() {
         &db,
         &roles.runtime,
         &["Missing privilege: the REPLICATION attribute"],
-    );
+    )
+    .await;
 
     roles.drop(&admin).await;
 }
@@ -743,14 +752,10 @@ async fn without_references_on_a_legacy_table_the_first_load_checks_its_keys_row
     roles.drop(&admin).await;
 }
 
-/// Runs the daemon as `role` and checks that it stops by itself, saying all of `needles`.
-fn stops_saying(db: &TestDb, role: &str, needles: &[&str]) {
+/// Runs the daemon as `role` and checks that it fails by itself, saying all of `needles`.
+async fn stops_saying(db: &TestDb, role: &str, needles: &[&str]) {
     let mut daemon = Daemon::start(BIN, &env_as(db, role));
-    let status = daemon
-        .signal_and_wait(0, Duration::from_secs(60))
-        .expect("the daemon stops by itself");
-    assert!(!status.success());
-    let log = daemon.log();
+    let log = daemon.wait_failed(Duration::from_secs(60)).await;
     for needle in needles {
         assert!(log.contains(needle), "no {needle:?} in:\n{log}");
     }

@@ -63,13 +63,18 @@ pub enum ApplyError {
     )]
     NoOrigin(String),
     #[error(
+        "leadsync's schema is not in this database: run `leadsync setup` first (as the \
+         installer; `leadsync setup --print-grants` prints the roles it needs)"
+    )]
+    NotSetUp,
+    #[error(
         "stopping as sync.on_error = \"stop\" says: {0}. Fix the data or the column, then \
-         restart; nothing after this change has been applied"
+         run `leadsync ctl retry` (or restart); nothing after this change has been applied"
     )]
     Stopped(String),
     /// A connection setting that no retry will fix (a bad URL, a TLS setting or a
     /// certificate the server or leadsync refuses).
-    #[error("{0}; not retried: fix source.url (or the PGSSL* variables) and restart")]
+    #[error("{0}; not retried until it is fixed")]
     Settings(String),
     /// The first load cannot finish as it is and starts again on a fresh snapshot: a parent
     /// row it refers to (a workspace, a custom field, a user) was deleted while it ran, so its
@@ -91,9 +96,10 @@ impl ApplyError {
                 Some(_) => ErrorKind::Fatal,
             },
             ApplyError::Locked { .. } | ApplyError::LoadRestart(_) => ErrorKind::Transient,
-            ApplyError::NoOrigin(_) | ApplyError::Stopped(_) | ApplyError::Settings(_) => {
-                ErrorKind::Fatal
-            }
+            ApplyError::NoOrigin(_)
+            | ApplyError::NotSetUp
+            | ApplyError::Stopped(_)
+            | ApplyError::Settings(_) => ErrorKind::Fatal,
         }
     }
 }
@@ -197,6 +203,9 @@ impl Applier {
             }
             Err(e) if e.code().map(|c| c.code()) == Some("42704") => {
                 return Err(ApplyError::NoOrigin(origin.to_owned()));
+            }
+            Err(e) if e.code().map(|c| c.code()) == Some("3F000") => {
+                return Err(ApplyError::NotSetUp);
             }
             Err(e) if e.code().map(|c| c.code()) == Some("42883") => {
                 return Err(ApplyError::Db {

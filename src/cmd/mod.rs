@@ -1,6 +1,7 @@
 //! One module per subcommand. Each exposes an `async fn run_*` that the binary calls.
 
 pub mod assess;
+pub mod ctl;
 pub mod cutover;
 pub mod demo;
 pub mod dlq;

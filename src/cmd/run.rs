@@ -57,6 +57,10 @@ pub enum RunError {
     NotSetUp(String),
     #[error("the replication stream ended unexpectedly")]
     StreamEnded,
+    /// Another instance failed on this slot and recorded why: this one does not take over
+    /// to fail the same way.
+    #[error("another leadsync failed on this slot and waits for a fix: {0}")]
+    PeerFailed(crate::failure::Recorded),
 }
 
 impl RunError {
@@ -70,8 +74,71 @@ impl RunError {
             },
             RunError::Source(e) => e.kind(),
             RunError::StreamEnded => ErrorKind::Transient,
-            RunError::Decode(_) | RunError::Convert(_) | RunError::NotSetUp(_) => ErrorKind::Fatal,
+            RunError::Decode(_)
+            | RunError::Convert(_)
+            | RunError::NotSetUp(_)
+            | RunError::PeerFailed(_) => ErrorKind::Fatal,
         }
+    }
+}
+
+/// How often a failed daemon looks whether it may start over.
+pub(crate) const FAILED_POLL: Duration = Duration::from_secs(5);
+
+/// The daemon as `leadsync run` runs it: [`run`] until shutdown, and on a failure no retry
+/// fixes, the failed state instead of an exit (see [`crate::failure`]): up, ready, saying
+/// why, and starting over once the failure is cleared. Returns the failure only when asked
+/// to stop while failed.
+pub async fn run_until_stopped(
+    settings: &Settings,
+    mut controls: Controls,
+    status: SharedStatus,
+) -> Result<(), RunError> {
+    clear_failure_at_start(settings).await;
+    let url = Some(secrecy::ExposeSecret::expose_secret(settings.source_url()));
+    loop {
+        let failure = match run(settings, controls.clone(), status.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let reason = public_error(&failure.to_string(), url);
+        metrics::gauge!(m::FAILED).set(1.0);
+        status.update(|s| {
+            s.state = State::Failed;
+            s.last_error = Some(reason.clone());
+            s.failed_since = Some(Utc::now());
+        });
+        tracing::error!(
+            "{failure}. {} (the application is not held back) until `leadsync ctl retry` or \
+             a restart",
+            crate::failure::FAILED_STATE_LOG
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FAILED_POLL) => {}
+                _ = controls.shutdown.changed() => {
+                    status.update(|s| s.state = State::Stopped);
+                    return Err(failure);
+                }
+            }
+            if crate::failure::may_start_over(settings).await {
+                break;
+            }
+        }
+        tracing::info!("the failure is cleared: starting over");
+        metrics::gauge!(m::FAILED).set(0.0);
+        status.update(|s| s.failed_since = None);
+    }
+}
+
+/// A process that starts is the operator's other way to say "fixed": a failure recorded
+/// for the slot (by this instance's predecessor or another one) is cleared and logged.
+async fn clear_failure_at_start(settings: &Settings) {
+    let Ok(client) = db::connect(settings.source_url()).await else {
+        return;
+    };
+    if let Ok(Some(cleared)) = crate::failure::clear(&client, &settings.slot.name).await {
+        tracing::warn!("starting over after the failure recorded for this slot: {cleared}");
     }
 }
 
@@ -148,6 +215,46 @@ async fn session(
 ) -> Result<(), RunError> {
     status.update(|s| s.state = State::Starting);
     let mut applier = Applier::connect(settings).await?;
+    // The origin is bound: an instance that failed recorded it before it let go.
+    match crate::failure::recorded(applier.client(), &settings.slot.name).await {
+        Ok(Some(failed)) => return Err(RunError::PeerFailed(failed)),
+        Ok(None) => {}
+        Err(e) if e.code().map(|c| c.code()) == Some("42703") => {
+            return Err(RunError::NotSetUp(
+                "leadsync's schema was made by an older `leadsync setup`: run `leadsync \
+                 setup` again (it only adds what is missing)"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(query_error("reading leadsync's state")(e).into()),
+    }
+    let result = session_bound(settings, controls, status, &mut applier).await;
+    if let Err(e) = &result
+        && e.kind() == ErrorKind::Fatal
+    {
+        // Recorded while this session still holds the origin: a standby taking over next
+        // finds the record.
+        let _ = applier.rollback().await;
+        let reason = public_error(
+            &e.to_string(),
+            Some(secrecy::ExposeSecret::expose_secret(settings.source_url())),
+        );
+        if let Err(why) =
+            crate::failure::record(applier.client(), &settings.slot.name, &reason).await
+        {
+            tracing::warn!(error = %db::error_text(&why), "the failure could not be recorded for the standbys");
+        }
+    }
+    result
+}
+
+/// A session with the origin bound: (first load,) then stream until shutdown or error.
+async fn session_bound(
+    settings: &Settings,
+    controls: &mut Controls,
+    status: &SharedStatus,
+    applier: &mut Applier,
+) -> Result<(), RunError> {
     warn_sync_triggers(applier.client(), settings).await;
     warn_replica_identity(applier.client(), settings).await;
     metrics::gauge!(m::STANDBY).set(0.0);
@@ -181,7 +288,7 @@ async fn session(
                 source::drop_slot(applier.client(), &settings.slot.name).await?;
             }
             status.update(|s| s.state = State::Backfill);
-            first_load(settings, &mut applier, &controls.shutdown).await?
+            first_load(settings, applier, &controls.shutdown).await?
         }
     };
     let resync = Resync::connect(settings).await?;
@@ -404,7 +511,7 @@ struct SourceTxn {
 /// The stream loop's state.
 struct Stream<'a> {
     settings: &'a Settings,
-    applier: Applier,
+    applier: &'a mut Applier,
     resync: Resync,
     client: ReplicationClient,
     converter: Converter,

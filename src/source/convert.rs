@@ -114,9 +114,9 @@ pub enum ConvertError {
     #[error(
         "column {table}.{column} is gone from the stream, but the projection reads it. Nothing \
          after this change has been applied. Restore the column with its values (ALTER TABLE \
-         {table} ADD COLUMN {column} {sql_type}, then put the values back) and restart \
-         leadsync: the rows changed while it was missing are re-read from the source. Or stop \
-         the migration"
+         {table} ADD COLUMN {column} {sql_type}, then put the values back) and run `leadsync \
+         ctl retry` (or restart leadsync): the rows changed while it was missing are re-read \
+         from the source. Or stop the migration"
     )]
     MissingColumn {
         table: String,
@@ -127,9 +127,9 @@ pub enum ConvertError {
     #[error(
         "column {table}.{column} changed to a type leadsync cannot read as {expected} (type \
          oid {oid}). Nothing after this change has been applied. Change it back to a \
-         compatible type (ALTER TABLE {table} ALTER COLUMN {column} TYPE …) and restart \
-         leadsync: the rows changed meanwhile are re-read from the source. Or stop the \
-         migration"
+         compatible type (ALTER TABLE {table} ALTER COLUMN {column} TYPE …) and run `leadsync \
+         ctl retry` (or restart leadsync): the rows changed meanwhile are re-read from the \
+         source. Or stop the migration"
     )]
     IncompatibleType {
         table: String,
