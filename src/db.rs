@@ -495,6 +495,29 @@ pub async fn connect(url: &SecretString) -> Result<Client, ConnectError> {
     }
 }
 
+/// Asks the server to cancel what the session of `token` is running (a cancel request on a
+/// connection of its own, as `psql`'s Ctrl-C). Best effort: the caller goes on either way.
+pub async fn cancel(url: &SecretString, token: &tokio_postgres::CancelToken) {
+    let Ok(source) = session_config(url) else {
+        return;
+    };
+    let sent = if source.tls.mode == SslMode::Disable {
+        token.cancel_query(NoTls).await
+    } else {
+        match rustls_config(&source.tls) {
+            Ok(config) => {
+                token
+                    .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+                    .await
+            }
+            Err(_) => return,
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "the cancel request was not delivered");
+    }
+}
+
 fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -353,3 +353,68 @@ async fn lag_in_seconds_shows_a_backlog_while_it_is_applied() {
     assert_eq!(metric(metrics, "leadsync_lag_seconds").await, 0.0);
     db.assert_projection(&db.settings()).await;
 }
+
+/// SIGTERM in the middle of a large first load stops the daemon within seconds: the load
+/// rolls back (nothing half-loaded, the keys set aside are back), and the next run loads
+/// everything.
+#[tokio::test]
+async fn sigterm_during_the_first_load_stops_within_seconds_and_the_next_run_loads_again() {
+    let db = TestDb::spawn().await;
+    let client = db.client().await;
+    leadsync::fixtures::generate_demo_data(&client, 80_000)
+        .await
+        .unwrap();
+    leadsync::cmd::setup::run_setup(&db.settings())
+        .await
+        .unwrap();
+    let keys = db.legacy_foreign_keys().await;
+    let env = daemon_env(&db);
+    let mut daemon = Daemon::start(BIN, &env);
+    daemon
+        .wait_log(
+            "loading existing rows from its snapshot",
+            Duration::from_secs(60),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    let status = daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running 20 s after SIGTERM:\n{}", daemon.log()));
+    let took = asked.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    let log = daemon.log();
+    assert!(
+        !log.contains("first load committed"),
+        "the load finished before SIGTERM; make it larger:\n{log}"
+    );
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped after {took:?}:\n{log}"
+    );
+    assert!(log.contains("stopped during the first load"), "{log}");
+
+    // Rolled back: nothing loaded, the phase still the first load's, the keys back.
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM leadsync.contacts),
+                    (SELECT phase FROM leadsync.sync_state WHERE slot_name = $1),
+                    (SELECT failure FROM leadsync.sync_state WHERE slot_name = $1)",
+            &[&db.slot],
+        )
+        .await
+        .unwrap();
+    let (customers, state, phase, failure): (i64, i64, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((customers, state), (0, 0), "{log}");
+    assert_eq!(phase, "backfill");
+    assert_eq!(failure, None, "a stop is not a failure");
+    assert_eq!(db.legacy_foreign_keys().await, keys);
+
+    db.wait_slot_released().await;
+    let daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(300), &|| daemon.log())
+        .await;
+    db.assert_projection(&db.settings()).await;
+}

@@ -57,6 +57,10 @@ pub enum RunError {
     NotSetUp(String),
     #[error("the replication stream ended unexpectedly")]
     StreamEnded,
+    /// Asked to stop in the middle of the first load: rolled back, started again by the next
+    /// run.
+    #[error("stopped during the first load; the next run starts it again")]
+    Interrupted,
     /// Another instance failed on this slot and recorded why: this one does not take over
     /// to fail the same way.
     #[error("another leadsync failed on this slot and waits for a fix: {0}")]
@@ -73,7 +77,7 @@ impl RunError {
                 kind => kind,
             },
             RunError::Source(e) => e.kind(),
-            RunError::StreamEnded => ErrorKind::Transient,
+            RunError::StreamEnded | RunError::Interrupted => ErrorKind::Transient,
             RunError::Decode(_)
             | RunError::Convert(_)
             | RunError::NotSetUp(_)
@@ -156,6 +160,11 @@ pub async fn run(
         let started = Instant::now();
         match session(settings, &mut controls, &status).await {
             Ok(()) => {
+                status.update(|s| s.state = State::Stopped);
+                return Ok(());
+            }
+            Err(RunError::Interrupted) => {
+                tracing::info!("{}", RunError::Interrupted);
                 status.update(|s| s.state = State::Stopped);
                 return Ok(());
             }
@@ -418,7 +427,7 @@ async fn first_load(
         let set_aside =
             backfill::foreign_keys::set_aside(applier.client(), settings, shutdown).await?;
         match set_aside {
-            None => return Err(stopped_during_load()),
+            None => return Err(RunError::Interrupted),
             Some(keys) => tracing::info!(
                 keys,
                 "foreign keys into legacy tables set aside for the first load; it adds them back, validated, when it commits"
@@ -443,10 +452,6 @@ async fn first_load(
     loaded
 }
 
-fn stopped_during_load() -> RunError {
-    RunError::NotSetUp("stopped during the first load; the next run starts it again".into())
-}
-
 /// The first load proper: slot, snapshot, load, commit with the checkpoint.
 async fn load_from_new_slot(
     settings: &Settings,
@@ -465,17 +470,32 @@ async fn load_from_new_slot(
     let reader = backfill::reader(settings, &created.snapshot).await?;
     let state = backfill::state_writer(settings, &created.snapshot).await?;
     if *shutdown.borrow() {
-        return Err(stopped_during_load());
+        return Err(RunError::Interrupted);
     }
-    let (stats, dead) = backfill::load(
+    // SIGTERM stops the load within seconds, whatever its size: the sessions' statements
+    // are cancelled and everything rolls back.
+    let tokens = [
+        applier.client().cancel_token(),
+        reader.cancel_token(),
+        state.cancel_token(),
+    ];
+    let load = backfill::load(
         settings,
         applier.client(),
         &reader,
         &state,
         created.consistent_point,
         shutdown,
-    )
-    .await?;
+    );
+    let (stats, dead) = tokio::select! {
+        loaded = load => loaded?,
+        _ = stop_requested(shutdown.clone()) => {
+            for token in &tokens {
+                db::cancel(settings.source_url(), token).await;
+            }
+            return Err(RunError::Interrupted);
+        }
+    };
     for letter in &dead {
         applier.park(letter).await?;
     }
@@ -499,6 +519,11 @@ async fn load_from_new_slot(
     client.start().await.map_err(SourceError::from)?;
     client.wait_started().await.map_err(SourceError::from)?;
     Ok(client)
+}
+
+/// Resolves once a stop is requested (at once if it already was).
+async fn stop_requested(mut shutdown: Shutdown) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
 }
 
 /// The source transaction being received.
