@@ -43,6 +43,7 @@ use crate::project::{
     CONTACT_COLUMNS, ColumnLimits, Contact, ContactProjection, FieldContext, FieldValue,
     ProductRules, ValueTable, contact_select, project_contact, route_field_value,
 };
+use crate::status::{BackfillProgress, SharedStatus};
 
 pub mod foreign_keys;
 
@@ -62,6 +63,36 @@ pub struct LoadStats {
     pub appointment_custom_fields: u64,
     pub dead_letters: u64,
     pub seconds: f64,
+    /// Each step and how long it took, in order (the copies of the six tables overlap the
+    /// copy of leadsync's state, which runs beside them on a session of its own).
+    pub steps: Vec<(String, f64)>,
+}
+
+impl LoadStats {
+    /// The end-of-load summary: each step's duration, then what was written.
+    pub fn summary(&self) -> String {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(step, seconds)| format!("{step} {}", crate::statusline::human_seconds(*seconds)))
+            .collect();
+        let n = crate::statusline::thousands;
+        format!(
+            "first load in {}: {}. {} contacts and {} custom-field values read; written {} \
+             customers, {} leads, {} appointments, {} custom-field values; {} dead letters",
+            crate::statusline::human_seconds(self.seconds),
+            steps.join(", "),
+            n(self.contacts),
+            n(self.values),
+            n(self.customers),
+            n(self.leads),
+            n(self.appointments),
+            n(self.customer_custom_fields
+                + self.lead_custom_fields
+                + self.appointment_custom_fields),
+            n(self.dead_letters),
+        )
+    }
 }
 
 /// The binary COPY type of a column read as `ty` (see [`CONTACT_COLUMNS`]).
@@ -178,6 +209,7 @@ pub async fn load(
     state: &Client,
     lsn: Lsn,
     shutdown: &Shutdown,
+    status: &SharedStatus,
 ) -> Result<(LoadStats, Vec<DeadLetter>), ApplyError> {
     let started = Instant::now();
     let s = quote_ident(&settings.source.schema);
@@ -241,17 +273,22 @@ pub async fn load(
     };
     let load_target = async {
         let totals = pass_totals(apply, &s, has_context).await?;
+        let planned: Vec<(&str, u64)> = passes_in_order()
+            .iter()
+            .zip(totals)
+            .map(|(pass, total)| (pass.table(), total))
+            .collect();
+        for (table, total) in &planned {
+            metrics::gauge!(crate::metrics::FIRST_LOAD_ROWS_EXPECTED, "table" => *table)
+                .set(*total as f64);
+            metrics::gauge!(crate::metrics::FIRST_LOAD_ROWS, "table" => *table).set(0.0);
+        }
+        status.update(|st| st.backfill = Some(BackfillProgress::new(&planned)));
         let mut parked: HashSet<Uuid> = HashSet::new();
         let mut dead = Vec::new();
-        let passes = [
-            Pass::Customers,
-            Pass::Leads,
-            Pass::Appointments,
-            Pass::Values(ValueTable::CustomerCustomFields),
-            Pass::Values(ValueTable::LeadCustomFields),
-            Pass::Values(ValueTable::AppointmentCustomFields),
-        ];
-        for (pass, total) in passes.into_iter().zip(totals) {
+        let mut steps = Vec::new();
+        for (pass, total) in passes_in_order().into_iter().zip(totals) {
+            let pass_started = Instant::now();
             let rows = copy_pass(
                 pass,
                 total,
@@ -265,6 +302,7 @@ pub async fn load(
                 lsn,
                 &mut parked,
                 &mut dead,
+                status,
             )
             .await?;
             match pass {
@@ -285,10 +323,15 @@ pub async fn load(
                 seconds = started.elapsed().as_secs_f64(),
                 "first load: table copied"
             );
+            steps.push((
+                format!("copy {}", pass.table()),
+                pass_started.elapsed().as_secs_f64(),
+            ));
         }
-        Ok::<_, ApplyError>((parked.len(), dead))
+        Ok::<_, ApplyError>((steps, dead))
     };
-    let ((contacts, values), (_, dead)) = tokio::try_join!(copy_state, load_target)?;
+    let ((contacts, values), (steps, dead)) = tokio::try_join!(copy_state, load_target)?;
+    stats.steps = steps;
     stats.contacts = contacts;
     stats.values = values;
     state
@@ -297,12 +340,17 @@ pub async fn load(
         .map_err(db_error("committing leadsync's state"))?;
 
     let rebuild = Instant::now();
+    set_step(status, "rebuilding indexes");
     restore(apply, LoadGroup::Target).await?;
     tracing::info!(
         seconds = rebuild.elapsed().as_secs_f64(),
         "first load: indexes and constraints rebuilt, tables analysed"
     );
+    stats
+        .steps
+        .push(("indexes".into(), rebuild.elapsed().as_secs_f64()));
     let validate = Instant::now();
+    set_step(status, "adding back and validating keys");
     let restored = foreign_keys::restore(
         apply,
         settings,
@@ -315,10 +363,34 @@ pub async fn load(
             seconds = validate.elapsed().as_secs_f64(),
             "first load: foreign keys into legacy tables added back and validated"
         );
+        stats
+            .steps
+            .push(("keys".into(), validate.elapsed().as_secs_f64()));
     }
     stats.dead_letters = dead.len() as u64;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((stats, dead))
+}
+
+/// The passes of the first load, in their order.
+fn passes_in_order() -> [Pass; 6] {
+    [
+        Pass::Customers,
+        Pass::Leads,
+        Pass::Appointments,
+        Pass::Values(ValueTable::CustomerCustomFields),
+        Pass::Values(ValueTable::LeadCustomFields),
+        Pass::Values(ValueTable::AppointmentCustomFields),
+    ]
+}
+
+/// Names what the first load does now, in `/status`.
+pub fn set_step(status: &SharedStatus, step: &str) {
+    status.update(|s| {
+        if let Some(progress) = s.backfill.as_mut() {
+            progress.step = step.to_owned();
+        }
+    });
 }
 
 /// How many source rows each pass reads, for the progress display.
@@ -354,16 +426,17 @@ async fn pass_totals(client: &Client, s: &str, has_context: bool) -> Result<[u64
 }
 
 /// Progress of one pass: a bar on a terminal, a log line every few seconds otherwise.
-struct Progress {
+struct Progress<'a> {
     table: &'static str,
     total: u64,
+    status: &'a SharedStatus,
     started: Instant,
     last_log: std::cell::Cell<Instant>,
     bar: Option<indicatif::ProgressBar>,
 }
 
-impl Progress {
-    fn new(table: &'static str, total: u64) -> Progress {
+impl<'a> Progress<'a> {
+    fn new(table: &'static str, total: u64, status: &'a SharedStatus) -> Progress<'a> {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
@@ -380,6 +453,7 @@ impl Progress {
         Progress {
             table,
             total,
+            status,
             started: Instant::now(),
             last_log: std::cell::Cell::new(Instant::now()),
             bar,
@@ -387,6 +461,9 @@ impl Progress {
     }
 
     fn tick(&self, done: u64) {
+        if done % 1024 == 0 {
+            self.publish(done);
+        }
         if let Some(bar) = &self.bar {
             if done % 1024 == 0 {
                 bar.set_position(done);
@@ -409,7 +486,24 @@ impl Progress {
         }
     }
 
+    /// Rows read so far, to `/status` and the metrics.
+    fn publish(&self, done: u64) {
+        let now = chrono::Utc::now();
+        let mut eta = None;
+        self.status.update(|s| {
+            if let Some(progress) = s.backfill.as_mut() {
+                progress.advance(self.table, done, now);
+                eta = progress.eta_seconds;
+            }
+        });
+        metrics::gauge!(crate::metrics::FIRST_LOAD_ROWS, "table" => self.table).set(done as f64);
+        if let Some(eta) = eta {
+            metrics::gauge!(crate::metrics::FIRST_LOAD_ETA_SECONDS).set(eta as f64);
+        }
+    }
+
     fn finish(&self, done: u64) {
+        self.publish(done);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
             bar.finish();
@@ -441,6 +535,7 @@ async fn copy_pass(
     lsn: Lsn,
     parked: &mut HashSet<Uuid>,
     dead: &mut Vec<DeadLetter>,
+    status: &SharedStatus,
 ) -> Result<u64, ApplyError> {
     let columns = pass.columns();
     let target = format!("{t}.{}", pass.table());
@@ -464,7 +559,7 @@ async fn copy_pass(
 
     let mut written = 0u64;
     let mut read = 0u64;
-    let progress = Progress::new(pass.table(), total);
+    let progress = Progress::new(pass.table(), total, status);
     while let Some(row) = rows.next().await {
         let row = row.map_err(db_error("reading the snapshot"))?;
         read += 1;

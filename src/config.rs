@@ -50,7 +50,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("transform", &["product_rules", "case_insensitive"]),
     ("metrics", &["listen"]),
     ("control", &["pidfile"]),
-    ("log", &["format", "level"]),
+    ("log", &["format", "level", "status_every_seconds"]),
     ("dlq", &["retention_days"]),
 ];
 
@@ -316,6 +316,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `leadsync=debug,info`.
     pub level: String,
+    /// How often `run` logs a status line (state, applied/s, lag, backlog, ETA); 0: never.
+    pub status_every_seconds: u64,
 }
 
 impl Default for LogSettings {
@@ -323,6 +325,7 @@ impl Default for LogSettings {
         LogSettings {
             format: LogFormat::Text,
             level: "info".into(),
+            status_every_seconds: 30,
         }
     }
 }

@@ -513,6 +513,15 @@ async fn sample_once(client: &Client, slot: &str, status: &SharedStatus) -> Resu
         s.source_lsn = Some(sample.current.to_string());
         s.lag_bytes = sample.lag_bytes;
         s.dead_letters_pending = pending.map(|p| p.max(0) as u64);
+        // During the first load nothing written since its snapshot is applied.
+        if s.state == crate::status::State::Backfill
+            && let Some(load) = &s.backfill
+        {
+            s.lag_seconds = (chrono::Utc::now() - load.started_at)
+                .as_seconds_f64()
+                .max(0.0);
+            metrics::gauge!(crate::metrics::LAG_SECONDS).set(s.lag_seconds);
+        }
     });
     Ok(())
 }

@@ -51,6 +51,7 @@ pub mod schema;
 pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod statusline;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod text;

@@ -248,6 +248,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status.clone(),
                 controls.shutdown.clone(),
             ));
+            tokio::spawn(leadsync::statusline::log_periodically(
+                status.clone(),
+                std::time::Duration::from_secs(settings.log.status_every_seconds),
+                controls.shutdown.clone(),
+            ));
             tracing::info!(slot = %settings.slot.name, pidfile = %pidfile.display(), "leadsync starting");
             cmd::run::run_until_stopped(&settings, controls, status).await?;
             tracing::info!("leadsync stopped");

@@ -16,6 +16,12 @@ pub const APPLY_SECONDS: &str = "leadsync_apply_seconds";
 pub const PAUSED: &str = "leadsync_paused";
 /// Rows the first load wrote, by target table.
 pub const SNAPSHOT_ROWS_TOTAL: &str = "leadsync_snapshot_rows_total";
+/// Gauge: source rows the first load has read so far, by target `table`.
+pub const FIRST_LOAD_ROWS: &str = "leadsync_first_load_rows";
+/// Gauge: source rows the first load reads in all, by target `table`.
+pub const FIRST_LOAD_ROWS_EXPECTED: &str = "leadsync_first_load_rows_expected";
+/// Gauge: seconds the first load still needs at its rate so far.
+pub const FIRST_LOAD_ETA_SECONDS: &str = "leadsync_first_load_eta_seconds";
 /// Changes parked in `leadsync.dead_letters`.
 pub const DEAD_LETTERS_TOTAL: &str = "leadsync_dead_letters_total";
 /// Gauge: dead letters pending in `leadsync.dead_letters`, from every source (first load,
@@ -115,6 +121,19 @@ pub fn describe() {
         "WAL the slot keeps on the server: server WAL position minus the slot's restart LSN."
     );
     describe_gauge!(STANDBY, "1 while this instance waits as a standby.");
+    describe_gauge!(
+        FIRST_LOAD_ROWS,
+        "Source rows the first load has read so far, by target table."
+    );
+    describe_gauge!(
+        FIRST_LOAD_ROWS_EXPECTED,
+        "Source rows the first load reads in all, by target table."
+    );
+    describe_gauge!(
+        FIRST_LOAD_ETA_SECONDS,
+        Unit::Seconds,
+        "Time the first load still needs at its rate so far."
+    );
     describe_gauge!(
         FAILED,
         "1 while this instance is failed: up, applying nothing, waiting for a fix (see /status)."

@@ -32,9 +32,72 @@ pub enum State {
 /// Progress of the first load.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackfillProgress {
+    /// When the load took its snapshot: nothing written since is applied until it commits.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// What it does now: `copying <table>`, `rebuilding indexes`, `adding back keys`,
+    /// `committing`.
+    pub step: String,
+    /// Source rows read and to read, per target table.
+    pub tables: Vec<TableProgress>,
+    pub rows_done: u64,
+    pub rows_total: u64,
+    pub percent: f64,
+    /// At the rate so far; `None` until a rate is known.
+    pub eta_seconds: Option<u64>,
+}
+
+/// Rows of one target table in the first load.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableProgress {
     pub table: String,
     pub done: u64,
     pub total: u64,
+}
+
+impl BackfillProgress {
+    /// A load that starts now, with `totals` rows to read per table.
+    pub fn new(totals: &[(&str, u64)]) -> BackfillProgress {
+        let mut progress = BackfillProgress {
+            started_at: chrono::Utc::now(),
+            step: "counting rows".into(),
+            tables: totals
+                .iter()
+                .map(|(table, total)| TableProgress {
+                    table: (*table).to_owned(),
+                    done: 0,
+                    total: *total,
+                })
+                .collect(),
+            ..BackfillProgress::default()
+        };
+        progress.recount(chrono::Utc::now());
+        progress
+    }
+
+    /// Records `done` rows of `table` read, as of `now`.
+    pub fn advance(&mut self, table: &str, done: u64, now: chrono::DateTime<chrono::Utc>) {
+        if let Some(t) = self.tables.iter_mut().find(|t| t.table == table) {
+            t.done = done.min(t.total.max(done));
+        }
+        self.step = format!("copying {table}");
+        self.recount(now);
+    }
+
+    /// The totals, the percentage and the estimate from the tables' figures.
+    fn recount(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        self.rows_done = self.tables.iter().map(|t| t.done).sum();
+        self.rows_total = self.tables.iter().map(|t| t.total).sum();
+        self.percent = if self.rows_total == 0 {
+            100.0
+        } else {
+            (self.rows_done as f64 * 100.0 / self.rows_total as f64).min(100.0)
+        };
+        let seconds = (now - self.started_at).as_seconds_f64();
+        self.eta_seconds = (self.rows_done > 0 && seconds > 0.0).then(|| {
+            let rate = self.rows_done as f64 / seconds;
+            (self.rows_total.saturating_sub(self.rows_done) as f64 / rate).round() as u64
+        });
+    }
 }
 
 /// Counters since the process started.
@@ -121,6 +184,24 @@ impl SharedStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_progress_adds_up_the_tables_and_estimates_from_the_rate() {
+        let mut p = BackfillProgress::new(&[("customers", 1000), ("leads", 600)]);
+        assert_eq!((p.rows_done, p.rows_total, p.percent), (0, 1600, 0.0));
+        assert_eq!(p.eta_seconds, None);
+        let later = p.started_at + chrono::Duration::seconds(10);
+        p.advance("customers", 400, later);
+        assert_eq!((p.rows_done, p.rows_total), (400, 1600));
+        assert_eq!(p.percent, 25.0);
+        // 40 rows a second, 1200 to go.
+        assert_eq!(p.eta_seconds, Some(30));
+        assert_eq!(p.step, "copying customers");
+        p.advance("customers", 1000, later);
+        p.advance("leads", 600, later);
+        assert_eq!((p.percent, p.eta_seconds), (100.0, Some(0)));
+        assert_eq!(BackfillProgress::new(&[]).percent, 100.0);
+    }
 
     #[test]
     fn errors_shown_over_http_do_not_name_the_connection() {

@@ -418,3 +418,112 @@ async fn sigterm_during_the_first_load_stops_within_seconds_and_the_next_run_loa
         .await;
     db.assert_projection(&db.settings()).await;
 }
+
+/// The first load shows its progress while it runs: rows done and to do per table (the
+/// totals the source's own counts), percentage, ETA and the step, in `/status` and the
+/// metrics; the lag in seconds grows from its snapshot; afterwards every table is done.
+#[tokio::test]
+async fn the_first_load_shows_its_progress_and_lag_while_it_runs() {
+    let db = TestDb::spawn().await;
+    let client = db.client().await;
+    leadsync::fixtures::generate_demo_data(&client, 80_000)
+        .await
+        .unwrap();
+    leadsync::cmd::setup::run_setup(&db.settings())
+        .await
+        .unwrap();
+    let contacts: i64 = client
+        .query_one("SELECT count(*) FROM contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (mut env, addr) = daemon_env_with_metrics(&db);
+    env.push(("LEADSYNC_LOG__STATUS_EVERY_SECONDS".into(), "1".into()));
+    let daemon = Daemon::start(BIN, &env);
+
+    // While it loads.
+    let mut seen_loading = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen_loading.is_none() {
+        let (_, body) = leadsync::testing::http_get(addr, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["state"] == "backfill"
+            && status["backfill"]["rows_done"].as_u64() > Some(0)
+            && status["lag_seconds"].as_f64() > Some(0.0)
+        {
+            seen_loading = Some(status.clone());
+        } else if status["state"] == "streaming" {
+            panic!("the load ended before it was seen: {}", daemon.log());
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let loading = seen_loading.unwrap();
+    let load = &loading["backfill"];
+    let tables = load["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 6, "{load}");
+    assert_eq!(tables[0]["table"], "customers");
+    assert_eq!(tables[0]["total"].as_i64(), Some(contacts), "{load}");
+    let total: u64 = tables.iter().map(|t| t["total"].as_u64().unwrap()).sum();
+    assert_eq!(load["rows_total"].as_u64(), Some(total));
+    let percent = load["percent"].as_f64().unwrap();
+    assert!(percent > 0.0 && percent < 100.0, "{load}");
+    assert!(
+        load["step"].as_str().unwrap().starts_with("copying"),
+        "{load}"
+    );
+    assert!(load["eta_seconds"].is_u64(), "{load}");
+    let samples = scrape_metrics(addr).await;
+    assert_eq!(
+        samples.get("leadsync_first_load_rows_expected{table=\"customers\"}"),
+        Some(&(contacts as f64)),
+        "{samples:?}"
+    );
+
+    // Once it is done.
+    db.wait_caught_up(Duration::from_secs(120), &|| daemon.log())
+        .await;
+    let samples = scrape_metrics(addr).await;
+    for t in tables {
+        let table = t["table"].as_str().unwrap();
+        let done = samples[&format!("leadsync_first_load_rows{{table=\"{table}\"}}")];
+        let expected = samples[&format!("leadsync_first_load_rows_expected{{table=\"{table}\"}}")];
+        assert_eq!(done, expected, "{table}");
+    }
+    let (_, body) = leadsync::testing::http_get(addr, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(status["backfill"].is_null(), "{status}");
+
+    // The end-of-load summary names every step with its duration and the rows written; the
+    // status line follows the stream.
+    let log = daemon.log();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("first load in "))
+        .unwrap_or_else(|| panic!("no summary:\n{log}"));
+    for step in [
+        "copy customers",
+        "copy appointment_custom_fields",
+        "indexes",
+        "keys",
+        "commit",
+    ] {
+        assert!(summary.contains(&format!("{step} ")), "{step}: {summary}");
+    }
+    let customers: i64 = client
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        summary.contains(&format!(
+            "written {} customers",
+            leadsync::statusline::thousands(customers as u64)
+        )),
+        "{summary}"
+    );
+    daemon
+        .wait_log("streaming: ", Duration::from_secs(10))
+        .await;
+    assert!(daemon.log().contains("changes/s applied, lag "));
+}

@@ -149,11 +149,9 @@ async fn status_is_json() {
         s.lag_bytes = Some(10168);
         s.lag_seconds = 1.5;
         s.paused = false;
-        s.backfill = Some(BackfillProgress {
-            table: "customers".into(),
-            done: 500,
-            total: 2000,
-        });
+        let mut load = BackfillProgress::new(&[("customers", 2000)]);
+        load.advance("customers", 500, load.started_at);
+        s.backfill = Some(load);
         s.counters = Counters {
             changes: 42,
             transactions: 7,
@@ -174,9 +172,11 @@ async fn status_is_json() {
     assert_eq!(json["lag_bytes"], 10168);
     assert_eq!(json["lag_seconds"], 1.5);
     assert_eq!(json["paused"], false);
-    assert_eq!(json["backfill"]["table"], "customers");
-    assert_eq!(json["backfill"]["done"], 500);
-    assert_eq!(json["backfill"]["total"], 2000);
+    assert_eq!(json["backfill"]["step"], "copying customers");
+    assert_eq!(json["backfill"]["tables"][0]["table"], "customers");
+    assert_eq!(json["backfill"]["tables"][0]["done"], 500);
+    assert_eq!(json["backfill"]["tables"][0]["total"], 2000);
+    assert_eq!(json["backfill"]["percent"], 25.0);
     assert_eq!(json["counters"]["changes"], 42);
     assert_eq!(json["counters"]["transactions"], 7);
     assert_eq!(json["counters"]["dead_letters"], 1);

@@ -297,9 +297,15 @@ async fn session_bound(
                 source::drop_slot(applier.client(), &settings.slot.name).await?;
             }
             status.update(|s| s.state = State::Backfill);
-            first_load(settings, applier, &controls.shutdown).await?
+            first_load(settings, applier, &controls.shutdown, status).await?
         }
     };
+    // After a first load the target is current as of its snapshot until the stream has
+    // caught up with what was written meanwhile.
+    let mut current_as_of = None;
+    status.update(|s| {
+        current_as_of = s.backfill.take().map(|b| b.started_at.naive_utc());
+    });
     let resync = Resync::connect(settings).await?;
     // What the first load parked is counted already (when it committed).
     let dead_letters_seen = applier.stats.dead_letters;
@@ -319,6 +325,7 @@ async fn session_bound(
         changes: Vec::new(),
         dead_letters_seen,
         oldest_unapplied: None,
+        current_as_of,
         last_heartbeat: Instant::now(),
         last_purge: None,
     };
@@ -413,6 +420,7 @@ async fn first_load(
     settings: &Settings,
     applier: &mut Applier,
     shutdown: &Shutdown,
+    status: &SharedStatus,
 ) -> Result<ReplicationClient, RunError> {
     applier
         .client()
@@ -434,8 +442,9 @@ async fn first_load(
             ),
         }
     }
-    let loaded = load_from_new_slot(settings, applier, shutdown).await;
+    let loaded = load_from_new_slot(settings, applier, shutdown, status).await;
     if loaded.is_err() {
+        status.update(|s| s.backfill = None);
         // Until the next load, the target tables get their keys back if the session still
         // works and the legacy tables are free; otherwise the keys stay recorded for it.
         let _ = applier.rollback().await;
@@ -457,6 +466,7 @@ async fn load_from_new_slot(
     settings: &Settings,
     applier: &mut Applier,
     shutdown: &Shutdown,
+    status: &SharedStatus,
 ) -> Result<ReplicationClient, RunError> {
     let created = source::create_slot(settings).await?;
     tracing::info!(
@@ -486,6 +496,7 @@ async fn load_from_new_slot(
         &state,
         created.consistent_point,
         shutdown,
+        status,
     );
     let (stats, dead) = tokio::select! {
         loaded = load => loaded?,
@@ -496,6 +507,8 @@ async fn load_from_new_slot(
             return Err(RunError::Interrupted);
         }
     };
+    backfill::set_step(status, "committing");
+    let committing = Instant::now();
     for letter in &dead {
         applier.park(letter).await?;
     }
@@ -505,6 +518,11 @@ async fn load_from_new_slot(
         .await?;
     metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(dead.len() as u64);
     let _ = reader.batch_execute("COMMIT").await;
+    let mut stats = stats;
+    stats
+        .steps
+        .push(("commit".into(), committing.elapsed().as_secs_f64()));
+    stats.seconds += committing.elapsed().as_secs_f64();
     tracing::info!(
         contacts = stats.contacts,
         values = stats.values,
@@ -515,6 +533,7 @@ async fn load_from_new_slot(
         seconds = stats.seconds,
         "first load committed; streaming"
     );
+    tracing::info!("{}", stats.summary());
     let mut client = created.client;
     client.start().await.map_err(SourceError::from)?;
     client.wait_started().await.map_err(SourceError::from)?;
@@ -560,6 +579,9 @@ struct Stream<'a> {
     dead_letters_seen: u64,
     /// Commit time of the oldest source transaction received but not yet committed.
     oldest_unapplied: Option<NaiveDateTime>,
+    /// While catching up after a first load: the target is current as of this time (the
+    /// load's snapshot, then the last applied commit), until the stream reaches the WAL's end.
+    current_as_of: Option<NaiveDateTime>,
     last_heartbeat: Instant,
     /// When resolved dead letters were last purged (never, at first: soon after starting).
     last_purge: Option<Instant>,
@@ -751,6 +773,9 @@ impl Stream<'_> {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 if self.txn.is_none() && !self.applier.is_open() {
                     self.advance(Lsn::from(wal_end));
+                    if self.current_as_of.take().is_some() {
+                        self.report_lag();
+                    }
                 }
             }
             ReplicationEvent::Message {
@@ -999,6 +1024,9 @@ impl Stream<'_> {
             let open_for = self.applier.txn_age();
             let committing = Instant::now();
             self.applier.commit(lsn, time).await?;
+            if self.current_as_of.is_some() {
+                self.current_as_of = Some(time);
+            }
             metrics::histogram!(m::APPLY_SECONDS)
                 .record((open_for + committing.elapsed()).as_secs_f64());
             metrics::counter!(m::TRANSACTIONS_TOTAL).increment(1);
@@ -1031,15 +1059,16 @@ impl Stream<'_> {
 
     /// Lag in seconds: the age of the oldest source transaction received but not applied;
     /// while paused, at least the time since the pause (the target is current as of then);
-    /// 0 when caught up.
+    /// while catching up after a first load, at least the age of what is applied; 0 when
+    /// caught up.
     fn report_lag(&self) {
         let now = Utc::now().naive_utc();
         let age = |t: NaiveDateTime| (now - t).as_seconds_f64().max(0.0);
-        let lag = self
-            .oldest_unapplied
+        let lag = [self.oldest_unapplied, self.paused_since, self.current_as_of]
+            .into_iter()
+            .flatten()
             .map(age)
-            .unwrap_or(0.0)
-            .max(self.paused_since.map(age).unwrap_or(0.0));
+            .fold(0.0, f64::max);
         metrics::gauge!(m::LAG_SECONDS).set(lag);
         self.status.update(|s| s.lag_seconds = lag);
     }
