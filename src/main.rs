@@ -51,6 +51,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The running daemon's state from its /status: lag, throughput, backlog, first-load
+    /// progress; with --watch, a live view with the lag and throughput as sparklines.
+    Status {
+        /// Redraw every --interval seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// With --watch: stop after this many screens.
+        #[arg(long, value_name = "N")]
+        frames: Option<u64>,
+        /// The daemon's HTTP address (default: metrics.listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        from: Option<std::net::SocketAddr>,
+    },
     /// Pause, resume or inspect the running daemon (signals the pid in its pidfile).
     Ctl {
         #[command(subcommand)]
@@ -279,6 +295,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(found.exit_code()));
                 }
             }
+        }
+        Command::Status {
+            watch,
+            interval,
+            frames,
+            from,
+        } => {
+            let addr = from
+                .or_else(|| cmd::ctl::local_http(&settings))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "metrics.listen ({}) has no fixed port: give the daemon's address with \
+                         --from HOST:PORT",
+                        settings.metrics.listen
+                    )
+                })?;
+            let every = std::time::Duration::from_secs(interval.max(1));
+            cmd::watch::run(addr, watch, every, frames).await?;
         }
         Command::Assess { json } => {
             let assessment = cmd::assess::run_assess(&settings).await?;

@@ -30,7 +30,7 @@ pub enum State {
 }
 
 /// Progress of the first load.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackfillProgress {
     /// When the load took its snapshot: nothing written since is applied until it commits.
     pub started_at: chrono::DateTime<chrono::Utc>,
@@ -47,7 +47,7 @@ pub struct BackfillProgress {
 }
 
 /// Rows of one target table in the first load.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TableProgress {
     pub table: String,
     pub done: u64,
@@ -101,7 +101,7 @@ impl BackfillProgress {
 }
 
 /// Counters since the process started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Counters {
     pub changes: u64,
     pub transactions: u64,
@@ -109,7 +109,7 @@ pub struct Counters {
 }
 
 /// A snapshot of the daemon's state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub state: State,
     pub slot: String,

@@ -527,3 +527,58 @@ async fn the_first_load_shows_its_progress_and_lag_while_it_runs() {
         .await;
     assert!(daemon.log().contains("changes/s applied, lag "));
 }
+
+/// `leadsync status` reads the daemon's own view; `--watch` redraws it with the history as
+/// sparklines; without a daemon it says where it looked.
+#[tokio::test]
+async fn status_and_status_watch_show_the_daemon_live() {
+    let db = TestDb::spawn_ready(300).await;
+    let (env, addr) = env_and_metrics(&db);
+    let daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    let writes = {
+        let client = db.client().await;
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let _ = client
+                    .batch_execute(
+                        "UPDATE contacts SET firstname = firstname || '.' WHERE id IN
+                           (SELECT id FROM contacts ORDER BY random() LIMIT 20)",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let (code, out, err) = leadsync::testing::run_cli(
+        BIN,
+        env.clone(),
+        &["status", "--watch", "--frames", "3", "--interval", "1"],
+    )
+    .await;
+    writes.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let heading = format!("leadsync at {addr} — slot {} — streaming", db.slot);
+    assert_eq!(out.matches(&heading).count(), 3, "{out}");
+    let last = out.rsplit(&heading).next().unwrap();
+    let applied = last
+        .lines()
+        .find(|l| l.starts_with("applied"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // Three samples in the sparkline.
+    let bars = applied.chars().filter(|c| ('▁'..='█').contains(c)).count();
+    assert_eq!(bars, 3, "{applied}");
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+
+    let (code, out, _) = leadsync::testing::run_cli(BIN, env.clone(), &["status"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.matches(&heading).count(), 1, "{out}");
+    drop(daemon);
+    let (code, _, err) = leadsync::testing::run_cli(BIN, env, &["status"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("no leadsync answers at {addr}")),
+        "{err}"
+    );
+}

@@ -145,7 +145,7 @@ pub async fn status(settings: &Settings) -> CtlStatus {
 }
 
 /// Where this host's daemon answers HTTP, if `metrics.listen` names a fixed port.
-fn local_http(settings: &Settings) -> Option<std::net::SocketAddr> {
+pub fn local_http(settings: &Settings) -> Option<std::net::SocketAddr> {
     let mut addr = settings.metrics_addr().ok()?;
     if addr.port() == 0 {
         return None;

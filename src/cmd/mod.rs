@@ -10,3 +10,4 @@ pub mod run;
 pub mod setup;
 pub mod teardown;
 pub mod validate;
+pub mod watch;
