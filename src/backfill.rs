@@ -44,6 +44,7 @@ use crate::project::{
     ProductRules, ValueTable, contact_select, project_contact, route_field_value,
 };
 use crate::status::{BackfillProgress, SharedStatus};
+use crate::statusline::human_seconds;
 
 pub mod foreign_keys;
 
@@ -320,7 +321,7 @@ pub async fn load(
             tracing::info!(
                 table = pass.table(),
                 rows,
-                seconds = started.elapsed().as_secs_f64(),
+                since_start = %human_seconds(started.elapsed().as_secs_f64()),
                 "first load: table copied"
             );
             steps.push((
@@ -343,7 +344,7 @@ pub async fn load(
     set_step(status, "rebuilding indexes");
     restore(apply, LoadGroup::Target).await?;
     tracing::info!(
-        seconds = rebuild.elapsed().as_secs_f64(),
+        took = %human_seconds(rebuild.elapsed().as_secs_f64()),
         "first load: indexes and constraints rebuilt, tables analysed"
     );
     stats
@@ -360,7 +361,7 @@ pub async fn load(
     if restored > 0 {
         tracing::info!(
             keys = restored,
-            seconds = validate.elapsed().as_secs_f64(),
+            took = %human_seconds(validate.elapsed().as_secs_f64()),
             "first load: foreign keys into legacy tables added back and validated"
         );
         stats

@@ -48,7 +48,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("transform", &["product_rules", "case_insensitive"]),
-    ("metrics", &["listen"]),
+    ("metrics", &["listen", "history_every_seconds"]),
     ("control", &["pidfile"]),
     ("log", &["format", "level", "status_every_seconds"]),
     ("dlq", &["retention_days"]),
@@ -288,6 +288,9 @@ pub const DEFAULT_PRODUCT_RULES: &str = "solar=SOLAR,hvac=HVAC,roofing=ROOFING";
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     pub listen: String,
+    /// How often the active daemon keeps a sample of its lag and throughput in
+    /// `leadsync.samples` (the history `report --html` charts); 0: never.
+    pub history_every_seconds: u64,
 }
 
 /// Default HTTP listen address: loopback only.
@@ -297,6 +300,7 @@ impl Default for MetricsSettings {
     fn default() -> Self {
         MetricsSettings {
             listen: DEFAULT_METRICS_LISTEN.into(),
+            history_every_seconds: 60,
         }
     }
 }

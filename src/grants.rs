@@ -51,8 +51,10 @@ pub const INSTALLER_ORIGIN_FUNCTIONS: [&str; 6] = [
 ];
 
 /// leadsync's tables the runtime role reads and writes.
-pub const RUNTIME_STATE_TABLES: [&str; 8] = [
+pub const RUNTIME_STATE_TABLES: [&str; 10] = [
     "sync_state",
+    "samples",
+    "load_steps",
     "dead_letters",
     "contacts",
     "field_values",
@@ -300,7 +302,8 @@ pub fn privileges() -> Vec<Privilege> {
             "SELECT, INSERT, UPDATE, DELETE",
             On::Tables(Schema::State, &RUNTIME_STATE_TABLES),
             BySetup,
-            "its checkpoint state, dead letters, resync requests and reverse-sync queue",
+            "its checkpoint state, dead letters, resync requests, reverse-sync queue and \
+             history",
         ),
         p(
             Runtime,

@@ -421,6 +421,8 @@ pub async fn sample_lag(settings: Settings, status: SharedStatus, mut shutdown: 
     let mut failing = false;
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let history_every = Duration::from_secs(settings.metrics.history_every_seconds);
+    let mut recorded = (std::time::Instant::now(), status.get().counters.changes);
     loop {
         if *shutdown.borrow_and_update() {
             return;
@@ -445,6 +447,26 @@ pub async fn sample_lag(settings: Settings, status: SharedStatus, mut shutdown: 
                 Err(e) => Err(e.to_string()),
             },
         };
+        if result.is_ok()
+            && !history_every.is_zero()
+            // On the sampling tick nearest to the period (ticks are not exactly on time).
+            && recorded.0.elapsed() + SAMPLE_INTERVAL / 2 >= history_every
+            && let Some(c) = &client
+        {
+            let now = status.get();
+            let seconds = recorded.0.elapsed().as_secs_f64();
+            let (before, after) = (recorded.1, now.counters.changes);
+            // A new session counts from zero.
+            let changes = if after >= before {
+                after - before
+            } else {
+                after
+            };
+            if let Err(e) = record_sample(c, &slot, &now, changes, seconds).await {
+                tracing::debug!(%slot, error = %crate::db::error_text(&e), "the history sample was not kept");
+            }
+            recorded = (std::time::Instant::now(), after);
+        }
         match result {
             Ok(()) if failing => {
                 failing = false;
@@ -468,6 +490,49 @@ pub async fn sample_lag(settings: Settings, status: SharedStatus, mut shutdown: 
             }
         }
     }
+}
+
+/// How many days `leadsync.samples` keeps.
+pub const HISTORY_KEPT_DAYS: i32 = 90;
+
+/// Keeps one sample of the history, if this instance is the active one (a standby's figures
+/// say nothing about the migration), and forgets samples past [`HISTORY_KEPT_DAYS`].
+async fn record_sample(
+    client: &Client,
+    slot: &str,
+    now: &crate::status::Status,
+    changes: u64,
+    seconds: f64,
+) -> Result<(), tokio_postgres::Error> {
+    use crate::status::State;
+    let state = match now.state {
+        State::Streaming => "streaming",
+        State::Paused => "paused",
+        State::Backfill => "backfill",
+        _ => return Ok(()),
+    };
+    client
+        .execute(
+            "INSERT INTO leadsync.samples (slot_name, state, lag_seconds, lag_bytes, changes, seconds)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &slot,
+                &state,
+                &now.lag_seconds,
+                &now.lag_bytes.map(|b| b as i64),
+                &(changes as i64),
+                &seconds,
+            ],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM leadsync.samples
+             WHERE slot_name = $1 AND at < now() - make_interval(days => $2)",
+            &[&slot, &HISTORY_KEPT_DAYS],
+        )
+        .await?;
+    Ok(())
 }
 
 /// What the server reported in one sample.

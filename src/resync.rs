@@ -137,7 +137,11 @@ impl Resync {
                 after: Uuid::nil(),
                 chunk: 0,
             };
-            tracing::info!(request = request.id, workspace = ?request.workspace, "resync started");
+            tracing::info!(
+                request = request.id,
+                workspace = %request.workspace.map_or("every workspace".to_owned(), |w| w.to_string()),
+                "resync started"
+            );
             self.request = Some(request);
         }
         self.read_chunk().await
@@ -249,7 +253,7 @@ impl Resync {
             }
         }
         for e in unreadable {
-            tracing::warn!(contact_id = ?e.contact_id, error = %e, "resync: a row cannot be read; its contact keeps leadsync's state");
+            tracing::warn!(contact_id = %e.contact_id.map_or("none".to_owned(), |c| c.to_string()), error = %e, "resync: a row cannot be read; its contact keeps leadsync's state");
             if let Some(id) = e.contact_id {
                 rows.remove(&id);
             }

@@ -9,7 +9,9 @@ pub const STATE_SCHEMA: &str = "leadsync";
 
 /// leadsync's own tables in [`STATE_SCHEMA`], in the order `teardown` drops them (by name:
 /// never by dropping the schema with CASCADE, which would take anything else with it).
-pub const STATE_TABLES: [&str; 12] = [
+pub const STATE_TABLES: [&str; 14] = [
+    "load_steps",
+    "samples",
     "load_guard",
     "load_set_aside",
     "origins",
@@ -411,6 +413,29 @@ CREATE TABLE IF NOT EXISTS leadsync.reverse_queue (
     lsn PG_LSN NOT NULL,
     columns JSONB NOT NULL,
     queued_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- The migration's history, for `leadsync report --html`: a sample of the active daemon's
+-- lag and throughput every metrics.history_every_seconds, kept 90 days.
+CREATE TABLE IF NOT EXISTS leadsync.samples (
+    slot_name TEXT NOT NULL,
+    at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    state TEXT NOT NULL,
+    lag_seconds DOUBLE PRECISION NOT NULL,
+    lag_bytes BIGINT,
+    -- Changes applied since the previous sample, and over how many seconds.
+    changes BIGINT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (slot_name, at)
+);
+
+-- The steps of the last first load and how long each took.
+CREATE TABLE IF NOT EXISTS leadsync.load_steps (
+    slot_name TEXT NOT NULL,
+    position INT NOT NULL,
+    step TEXT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (slot_name, position)
 );
 "#;
 

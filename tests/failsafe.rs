@@ -146,12 +146,10 @@ async fn a_fatal_error_keeps_the_sidecar_up_and_failed_and_ctl_retry_starts_it_o
     assert!(out.contains("customers.phone1"), "{out}");
     assert!(out.contains("leadsync ctl retry"), "{out}");
 
-    // The fix, then `ctl retry`: no restart, and the row arrives.
+    // The fix (the column made wide enough: the change in the slot still carries the long
+    // value), then `ctl retry`: no restart, and the row arrives.
     client
-        .execute(
-            "UPDATE contacts SET phone_number = '555-010-0199' WHERE id = $1",
-            &[&bad],
-        )
+        .batch_execute("ALTER TABLE customers ALTER COLUMN phone1 TYPE varchar(40)")
         .await
         .unwrap();
     let (code, out, err) = run_cli(BIN, env.clone(), &["ctl", "retry"]).await;

@@ -125,3 +125,81 @@ async fn every_command_fits_a_100_column_terminal() {
         );
     }
 }
+
+/// The history the HTML report charts: the active daemon keeps a sample of its lag and
+/// throughput every `metrics.history_every_seconds` (a standby none), and the first load's
+/// steps with their durations.
+#[tokio::test]
+async fn the_daemon_keeps_the_history_of_the_migration() {
+    let db = TestDb::spawn_ready(500).await;
+    let mut env = daemon_env(&db);
+    env.push(("LEADSYNC_METRICS__HISTORY_EVERY_SECONDS".into(), "1".into()));
+    let daemon = Daemon::start(BIN, &env);
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    let standby = Daemon::start(BIN, &env);
+    standby.wait_log("standby", Duration::from_secs(30)).await;
+    let client = db.client().await;
+    let updated = client
+        .execute(
+            "UPDATE contacts SET firstname = firstname || '.' WHERE id IN
+               (SELECT id FROM contacts ORDER BY id LIMIT 200)",
+            &[],
+        )
+        .await
+        .unwrap();
+    db.wait_caught_up(Duration::from_secs(60), &|| daemon.log())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'streaming'),
+                    bool_and(state IN ('backfill', 'streaming')), sum(changes)::int8,
+                    bool_and(seconds > 0 AND lag_seconds >= 0)
+             FROM leadsync.samples WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .unwrap();
+    let (samples, streaming, states, changes, sane): (i64, i64, bool, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert!(samples >= 3, "{samples} samples");
+    // Only the active daemon's: one sample a second, not two.
+    let elapsed: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM max(at) - min(at))::float8 FROM leadsync.samples
+             WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (samples as f64) <= elapsed + 2.0,
+        "{samples} samples in {elapsed} s"
+    );
+    assert!(
+        streaming >= 2 && states,
+        "{streaming} of {samples} streaming"
+    );
+    assert!(
+        changes >= updated as i64,
+        "{changes} changes sampled, {updated} applied"
+    );
+    assert!(sane);
+
+    let steps: Vec<String> = client
+        .query(
+            "SELECT step FROM leadsync.load_steps WHERE slot_name = $1 ORDER BY position",
+            &[&db.slot],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(steps.first().map(String::as_str), Some("copy customers"));
+    assert_eq!(steps.last().map(String::as_str), Some("commit"));
+    assert!(steps.iter().any(|s| s == "indexes"), "{steps:?}");
+}

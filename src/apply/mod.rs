@@ -573,7 +573,7 @@ impl Applier {
         }
         if self.parked_in_txn == 0 {
             tracing::warn!(
-                contact_id = ?dead.contact_id,
+                contact_id = %dead.contact_id.map_or("none".to_owned(), |c| c.to_string()),
                 lsn = %dead.lsn,
                 error = %dead.error,
                 "change parked in leadsync.dead_letters (further ones in this transaction are counted, not logged)"

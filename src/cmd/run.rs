@@ -530,14 +530,43 @@ async fn load_from_new_slot(
         leads = stats.leads,
         appointments = stats.appointments,
         dead_letters = stats.dead_letters,
-        seconds = stats.seconds,
+        took = %crate::statusline::human_seconds(stats.seconds),
         "first load committed; streaming"
     );
     tracing::info!("{}", stats.summary());
+    if let Err(e) = record_load_steps(applier.client(), &settings.slot.name, &stats.steps).await {
+        tracing::warn!(error = %db::error_text(&e), "the first load's steps were not kept for the report");
+    }
     let mut client = created.client;
     client.start().await.map_err(SourceError::from)?;
     client.wait_started().await.map_err(SourceError::from)?;
     Ok(client)
+}
+
+/// Keeps the first load's steps and their durations in `leadsync.load_steps` (the report's
+/// timeline), replacing an earlier load's.
+async fn record_load_steps(
+    client: &Client,
+    slot: &str,
+    steps: &[(String, f64)],
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = steps.iter().map(|(step, _)| step.as_str()).collect();
+    let seconds: Vec<f64> = steps.iter().map(|(_, s)| *s).collect();
+    client
+        .execute(
+            "DELETE FROM leadsync.load_steps WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO leadsync.load_steps (slot_name, position, step, seconds)
+             SELECT $1, position, step, seconds
+             FROM unnest($2::text[], $3::float8[]) WITH ORDINALITY AS s(step, seconds, position)",
+            &[&slot, &names, &seconds],
+        )
+        .await
+        .map(drop)
 }
 
 /// Resolves once a stop is requested (at once if it already was).
