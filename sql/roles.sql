@@ -143,8 +143,8 @@ COMMIT;
 --   CREATE POLICY "leadsync daemon" ON public.lead_custom_fields FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
 --   CREATE POLICY "leadsync daemon" ON public.appointment_custom_fields FOR ALL TO leadsync_runtime USING (true) WITH CHECK (true);
 --
--- its checkpoint state, dead letters, resync requests and reverse-sync queue
---   GRANT SELECT, INSERT, UPDATE, DELETE ON leadsync.sync_state, leadsync.dead_letters, leadsync.contacts, leadsync.field_values, leadsync.fields, leadsync.resync_requests, leadsync.reverse_writes, leadsync.reverse_queue TO leadsync_runtime;
+-- its checkpoint state, dead letters, resync requests, reverse-sync queue and history
+--   GRANT SELECT, INSERT, UPDATE, DELETE ON leadsync.sync_state, leadsync.samples, leadsync.load_steps, leadsync.dead_letters, leadsync.contacts, leadsync.field_values, leadsync.fields, leadsync.resync_requests, leadsync.reverse_writes, leadsync.reverse_queue TO leadsync_runtime;
 --
 -- the first load empties leadsync's copy of the legacy rows
 --   GRANT TRUNCATE ON leadsync.contacts, leadsync.field_values, leadsync.fields TO leadsync_runtime;
