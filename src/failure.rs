@@ -69,11 +69,18 @@ pub async fn recorded(
             &[&slot],
         )
         .await?;
-    Ok(row.map(|r| Recorded {
-        reason: r.get(0),
-        at: r.get::<_, Option<DateTime<Utc>>>(1).unwrap_or_default(),
-        by: r.get::<_, Option<String>>(2).unwrap_or_default(),
-    }))
+    row.map(|r| from_row(&r)).transpose()
+}
+
+/// A record from a row of `failure, failed_at, failed_by`.
+fn from_row(r: &tokio_postgres::Row) -> Result<Recorded, tokio_postgres::Error> {
+    Ok(Recorded {
+        reason: r.try_get(0)?,
+        at: r
+            .try_get::<_, Option<DateTime<Utc>>>(1)?
+            .unwrap_or_default(),
+        by: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+    })
 }
 
 /// Records `reason` as the slot's failure, by this instance.
@@ -106,11 +113,7 @@ pub async fn clear(client: &Client, slot: &str) -> Result<Option<Recorded>, toki
             &[&slot],
         )
         .await?;
-    Ok(row.map(|r| Recorded {
-        reason: r.get(0),
-        at: r.get::<_, Option<DateTime<Utc>>>(1).unwrap_or_default(),
-        by: r.get::<_, Option<String>>(2).unwrap_or_default(),
-    }))
+    row.map(|r| from_row(&r)).transpose()
 }
 
 /// Whether a failed instance may start over: the database lets it in and no failure is

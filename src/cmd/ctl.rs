@@ -181,11 +181,12 @@ async fn read_database(settings: &Settings, found: &mut CtlStatus) -> Result<(),
             settings.slot.name
         ));
     };
-    found.phase = Some(row.get(0));
-    found.paused = row.get(1);
-    found.acknowledged = row.get(2);
-    found.source_lsn = Some(row.get(3));
-    found.behind_bytes = row.get(4);
+    let read = |e: tokio_postgres::Error| db::error_text(&e);
+    found.phase = Some(row.try_get(0).map_err(read)?);
+    found.paused = row.try_get(1).map_err(read)?;
+    found.acknowledged = row.try_get(2).map_err(read)?;
+    found.source_lsn = Some(row.try_get(3).map_err(read)?);
+    found.behind_bytes = row.try_get(4).map_err(read)?;
     found.failure = failure::recorded(&client, &settings.slot.name)
         .await
         .map_err(|e| db::error_text(&e))?;
